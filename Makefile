@@ -1,0 +1,42 @@
+# focal_det: `make demo` trains + evaluates on the built-in dataset, `make test` runs the tests.
+# Both create a project-local virtual environment (.venv) on first use; later runs reuse it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.focal_det-installed
+DEMO_OUT ?= output/demo
+
+.PHONY: demo test test-slow env bench plots clean-venv
+
+# Re-installs only when the pins, the Detectron2 installer or setup.py change.
+$(STAMP): requirements.txt tools/install_detectron2.py setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) tools/install_detectron2.py
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -c "import focal_det, detectron2.modeling, torchvision; print('focal_det environment ready')"
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) train_net.py --config-file configs/builtin/retinanet_tiny_builtin.yaml OUTPUT_DIR $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
+env: $(STAMP)
+	$(PY) -m focal_det.collect_env
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_losses.py
+
+plots: $(STAMP)
+	$(PY) tools/plot_losses.py --output docs/figures
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,20 @@
+"""focal_det: Focal Loss for Dense Object Detection as registered Detectron2 components.
+
+``import focal_det`` is all a user does: the imports at the bottom of this file run the registry
+decorators (Detectron2's ``META_ARCH_REGISTRY`` and focal_det's own loss / bias-init registries)
+and register the built-in dataset.
+"""
+__version__ = "0.1.0"
+
+from ._detectron2 import require_detectron2 as _require_detectron2
+
+_require_detectron2()
+
+from .config import add_focal_det_config, get_cfg  # noqa: E402
+
+# Registration happens here, in one visible place.
+from . import losses  # noqa: E402,F401  registers CLS_LOSS_REGISTRY entries
+from . import bias_init  # noqa: E402,F401  registers BIAS_INIT_REGISTRY entries
+from . import modeling  # noqa: E402,F401  registers FocalRetinaNet in META_ARCH_REGISTRY
+
+__all__ = ["__version__", "add_focal_det_config", "get_cfg"]

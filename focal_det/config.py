@@ -1,0 +1,93 @@
+"""focal_det's config keys, all under ``cfg.MODEL.FOCAL_DET``, and their validation.
+
+``add_focal_det_config`` only *adds* keys to the cfg it is given; it never touches Detectron2's
+global defaults, so ``detectron2.config.get_cfg()`` is the same with or without focal_det.
+"""
+from typing import Iterable, Sequence
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg as _d2_get_cfg
+
+# Detectron2 RetinaNet keys that focal_det configures elsewhere, with Detectron2's defaults and
+# the focal_det key that replaces each (one source of truth per knob).
+SUPERSEDED_RETINANET_KEYS = {
+    "FOCAL_LOSS_GAMMA": (2.0, "MODEL.FOCAL_DET.CLS_LOSS.GAMMA"),
+    "FOCAL_LOSS_ALPHA": (0.25, "MODEL.FOCAL_DET.CLS_LOSS.ALPHA"),
+    "PRIOR_PROB": (0.01, "MODEL.FOCAL_DET.HEAD.PRIOR_PROB"),
+}
+
+LOSS_NORMALIZERS = ("num_fg", "ema")
+
+
+def add_focal_det_config(cfg: CN) -> CN:
+    """Add focal_det's keys (under ``MODEL.FOCAL_DET``) to ``cfg`` in place; returns ``cfg``."""
+    _C = cfg
+    _C.MODEL.FOCAL_DET = CN()
+    # Classification loss: the single place it is configured (see focal_det.losses).
+    _C.MODEL.FOCAL_DET.CLS_LOSS = CN()
+    # Registered name: FocalLoss, FocalLossStar, CrossEntropy, BalancedCrossEntropy, or your own.
+    _C.MODEL.FOCAL_DET.CLS_LOSS.NAME = "FocalLoss"
+    # Focusing parameter gamma (FL: >= 0; FL*: > 0, the steepness). Ignored by the CE losses.
+    _C.MODEL.FOCAL_DET.CLS_LOSS.GAMMA = 2.0
+    # Weight of positives, alpha in [0, 1]; negatives get 1 - alpha. Negative: no weighting.
+    _C.MODEL.FOCAL_DET.CLS_LOSS.ALPHA = 0.25
+    # FL* shift beta (paper, Appendix A): p*_t = sigmoid(gamma * x_t + beta). Used by FL* only.
+    _C.MODEL.FOCAL_DET.CLS_LOSS.BETA = 1.0
+
+    _C.MODEL.FOCAL_DET.HEAD = CN()
+    # Registered bias initializer of the last class conv: PriorProb (paper) or Zero (baseline).
+    _C.MODEL.FOCAL_DET.HEAD.BIAS_INIT = "PriorProb"
+    # Foreground probability pi every anchor starts with under PriorProb; in (0, 1).
+    _C.MODEL.FOCAL_DET.HEAD.PRIOR_PROB = 0.01
+
+    # Classification-loss normalizer: "num_fg" = foreground anchors in the batch, summed over
+    # all workers (the paper); "ema" = Detectron2's moving average (momentum 0.9, start 100).
+    _C.MODEL.FOCAL_DET.LOSS_NORMALIZER = "num_fg"
+    # Anchor-GT IoU matrices are computed in chunks of at most this many GT boxes (memory bound).
+    _C.MODEL.FOCAL_DET.MATCHER_CHUNK = 1024
+    return cfg
+
+
+def get_cfg() -> CN:
+    """Detectron2's default cfg with focal_det's keys added (a fresh copy each call)."""
+    return add_focal_det_config(_d2_get_cfg())
+
+
+def check_choice(key: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not one of the allowed values {allowed}")
+
+
+def check_range(
+    key: str, value: float, low: float, high: float, *, low_open=False, high_open=False
+) -> None:
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    if not (ok_low and ok_high):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{key}={value!r} is outside the allowed range {interval}")
+
+
+def check_superseded_retinanet_keys(cfg: CN) -> None:
+    """Refuse Detectron2 RetinaNet keys that focal_det reads from MODEL.FOCAL_DET instead."""
+    for key, (default, replacement) in SUPERSEDED_RETINANET_KEYS.items():
+        value = cfg.MODEL.RETINANET.get(key, default)
+        if abs(float(value) - default) > 1e-12:
+            raise ValueError(
+                f"MODEL.RETINANET.{key}={value!r} is not read by FocalRetinaNet; "
+                f"set {replacement} instead (and leave MODEL.RETINANET.{key} at {default})."
+            )
+
+
+def check_iou_thresholds(key: str, thresholds: Sequence[float], labels: Sequence[int]) -> None:
+    thresholds = list(thresholds)
+    if thresholds != sorted(thresholds) or any(not 0.0 <= t <= 1.0 for t in thresholds):
+        raise ValueError(
+            f"{key}={thresholds!r} must be increasing IoU values in [0, 1], e.g. [0.4, 0.5]"
+        )
+    if len(labels) != len(thresholds) + 1:
+        raise ValueError(
+            f"{key}={thresholds!r} needs {len(thresholds) + 1} entries in "
+            f"MODEL.RETINANET.IOU_LABELS, got {list(labels)!r}"
+        )

@@ -1,0 +1,32 @@
+"""Classification losses of the Focal Loss paper: pure functions and a named registry."""
+from .functional import (
+    sigmoid_balanced_cross_entropy,
+    sigmoid_cross_entropy,
+    sigmoid_focal_loss,
+    sigmoid_focal_loss_star,
+)
+from .registry import (
+    CLS_LOSS_REGISTRY,
+    BalancedCrossEntropy,
+    CrossEntropy,
+    FocalLoss,
+    FocalLossStar,
+    SigmoidClassificationLoss,
+    build_cls_loss,
+    registered_loss_names,
+)
+
+__all__ = [
+    "sigmoid_focal_loss",
+    "sigmoid_focal_loss_star",
+    "sigmoid_cross_entropy",
+    "sigmoid_balanced_cross_entropy",
+    "CLS_LOSS_REGISTRY",
+    "build_cls_loss",
+    "registered_loss_names",
+    "SigmoidClassificationLoss",
+    "FocalLoss",
+    "FocalLossStar",
+    "CrossEntropy",
+    "BalancedCrossEntropy",
+]

@@ -1,0 +1,144 @@
+"""FocalRetinaNet: Detectron2's RetinaNet with the paper's loss family as a named choice.
+
+Shape legend: N images, R anchors over all levels (sum of Hi * Wi * A), K classes,
+A anchors per location. ``gt_labels`` (N, R) int64: class in [0, K), K = background, -1 = ignore.
+
+What differs from Detectron2's ``RetinaNet`` (everything else is inherited, so parameter names,
+anchors, matching, box coding, box losses, NMS and post-processing are Detectron2's own):
+
+- the classification loss comes from ``focal_det.losses`` (``MODEL.FOCAL_DET.CLS_LOSS``) and is
+  computed from integer labels, without a one-hot target or a gather of the valid logits;
+- inference turns logits into scores with that loss's ``probs`` (sigmoid(gamma x + beta) for FL*);
+- the last class conv's bias comes from ``MODEL.FOCAL_DET.HEAD.BIAS_INIT``;
+- the loss normalizer is ``MODEL.FOCAL_DET.LOSS_NORMALIZER``: "num_fg" (foreground anchors of
+  the whole batch, summed over workers) or "ema" (Detectron2's moving average).
+"""
+import logging
+from typing import List
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.structures import ImageList, Instances
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from torch import Tensor
+
+from ..bias_init import class_bias_value
+from ..config import LOSS_NORMALIZERS, check_choice, check_iou_thresholds, check_range
+from ..config import check_superseded_retinanet_keys
+from ..losses import build_cls_loss
+
+logger = logging.getLogger(__name__)
+
+
+def validate_retinanet_config(cfg) -> None:
+    """Raise ValueError naming the key, value and what is allowed, for inconsistent configs."""
+    check_superseded_retinanet_keys(cfg)
+    r = cfg.MODEL.RETINANET
+    check_choice("MODEL.FOCAL_DET.LOSS_NORMALIZER", cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER,
+                 LOSS_NORMALIZERS)
+    check_iou_thresholds("MODEL.RETINANET.IOU_THRESHOLDS", r.IOU_THRESHOLDS, r.IOU_LABELS)
+    check_range("MODEL.RETINANET.SCORE_THRESH_TEST", r.SCORE_THRESH_TEST, 0.0, 1.0)
+    check_range("MODEL.RETINANET.NMS_THRESH_TEST", r.NMS_THRESH_TEST, 0.0, 1.0)
+    if r.NUM_CLASSES < 1:
+        raise ValueError(f"MODEL.RETINANET.NUM_CLASSES={r.NUM_CLASSES!r} must be >= 1")
+    levels = len(r.IN_FEATURES)
+    for key in ("SIZES", "ASPECT_RATIOS"):
+        value = cfg.MODEL.ANCHOR_GENERATOR[key]
+        if len(value) not in (1, levels):
+            raise ValueError(
+                f"MODEL.ANCHOR_GENERATOR.{key}={list(value)!r} has {len(value)} entries, but "
+                f"MODEL.RETINANET.IN_FEATURES={list(r.IN_FEATURES)!r} has {levels} levels; "
+                f"give one list per level (or a single list for all levels)"
+            )
+
+
+@META_ARCH_REGISTRY.register()
+class FocalRetinaNet(RetinaNet):
+    """RetinaNet (Lin et al. 2017) driven by focal_det's registered loss family."""
+
+    @configurable
+    def __init__(self, *, cls_loss, loss_normalizer: str = "num_fg", **kwargs):
+        """
+        Args:
+            cls_loss: a loss object from ``focal_det.losses`` (see its registry's contract).
+            loss_normalizer: "num_fg" or "ema" (see module docstring).
+            kwargs: everything :class:`detectron2.modeling.RetinaNet` takes.
+        """
+        super().__init__(**kwargs)
+        check_choice("loss_normalizer", loss_normalizer, LOSS_NORMALIZERS)
+        self.cls_loss = cls_loss
+        self.loss_normalizer = loss_normalizer
+
+    @classmethod
+    def from_config(cls, cfg):
+        validate_retinanet_config(cfg)
+        ret = super().from_config(cfg)
+        cls_loss = build_cls_loss(cfg)
+        # The paper's prior initialization, through the loss's own probability mapping.
+        torch.nn.init.constant_(ret["head"].cls_score.bias, class_bias_value(cfg, cls_loss))
+        ret["cls_loss"] = cls_loss
+        ret["loss_normalizer"] = cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER
+        return ret
+
+    def _normalizer(self, num_pos_anchors: int) -> float:
+        if self.loss_normalizer == "ema":
+            return self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
+        # DDP averages gradients over workers, so dividing each worker's loss by the mean
+        # foreground count makes the total the batch's loss over the batch's foreground count.
+        world = comm.get_world_size()
+        if world > 1:
+            count = torch.tensor([float(num_pos_anchors)], device=self.device)
+            torch.distributed.all_reduce(count)
+            return max(count.item() / world, 1.0 / world)
+        return float(max(num_pos_anchors, 1))
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        """
+        Args:
+            anchors (list[Boxes]): one Boxes per level.
+            pred_logits, pred_anchor_deltas (list[Tensor]): per level, (N, Hi*Wi*A, K or 4).
+            gt_labels (list[Tensor]): N tensors (R,); gt_boxes: N tensors (R, 4).
+
+        Returns:
+            dict[str, Tensor]: "loss_cls" and "loss_box_reg", each summed and divided by the
+            normalizer.
+        """
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos_anchors = int(pos_mask.sum().item())
+        get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        normalizer = self._normalizer(num_pos_anchors)
+
+        loss_cls = self.cls_loss(cat(pred_logits, dim=1), gt_labels)
+        loss_box_reg = _dense_box_regression_loss(
+            anchors,
+            self.box2box_transform,
+            pred_anchor_deltas,
+            gt_boxes,
+            pos_mask,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        )
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ):
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
+        anchors = self.anchor_generator(features)
+        results: List[Instances] = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            scores_per_image = [self.cls_loss.probs(x[img_idx]) for x in pred_logits]
+            deltas_per_image = [x[img_idx] for x in pred_anchor_deltas]
+            results.append(
+                self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size)
+            )
+        return results

@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Install Detectron2 v0.6 (Python sources only) into the current environment.
+
+Detectron2 is not on PyPI under its own name. ``pb1-detectron2==0.6`` is an sdist whose Python
+sources are byte-identical to the upstream v0.6 tag, but it lacks ``detectron2/layers/csrc``, so a
+plain ``pip install`` fails trying to compile the C++/CUDA extension ``detectron2._C``.
+
+RetinaNet needs none of those ops (they serve rotated boxes, deformable convolution and the
+optional fast COCO-eval accumulation). This script therefore
+
+1. downloads the sdist from PyPI and checks its sha256,
+2. removes the extension from its ``setup.py``,
+3. adds ``detectron2/_C.py``: a stand-in module that lets ``import detectron2.modeling`` work and
+   turns any call of a missing op into :class:`MissingDetectron2Extension` with the op's name and
+   how to get a real build,
+4. ``pip install --no-build-isolation`` the result, keeping the pins of ``requirements.txt``.
+
+It does nothing when ``detectron2`` is already importable (e.g. a user's own source build),
+unless ``--force`` is given. Usage: ``python tools/install_detectron2.py [--force]``.
+"""
+import argparse
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+SDIST = "pb1-detectron2==0.6"
+SDIST_FILE = "pb1-detectron2-0.6.tar.gz"
+SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+STUB = '''"""Stand-in for Detectron2's C++/CUDA extension, written by focal_det's
+tools/install_detectron2.py. This Detectron2 v0.6 was installed from the pb1-detectron2 sdist,
+which ships no C++ sources. RetinaNet (and focal_det) need none of the compiled ops; the ops that
+do (rotated boxes, deformable convolution, fast COCO-eval) raise MissingDetectron2Extension.
+"""
+
+FOCAL_DET_STUB = True
+
+
+class MissingDetectron2Extension(RuntimeError):
+    pass
+
+
+def get_compiler_version():
+    return "not built (focal_det stand-in for detectron2._C)"
+
+
+def get_cuda_version():
+    return "not built (focal_det stand-in for detectron2._C)"
+
+
+def has_cuda():
+    return False
+
+
+def _missing(name):
+    return MissingDetectron2Extension(
+        f"detectron2._C.{name} is not available: this Detectron2 was installed by focal_det "
+        "without its C++/CUDA extension (the pb1-detectron2 sdist has no C++ sources). "
+        f"'{name}' is used by rotated boxes, deformable convolution or the fast COCO "
+        "evaluator (use COCOEvaluator(..., use_fast_impl=False)); RetinaNet does not need it. "
+        "To get it, build Detectron2 from source: "
+        "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'."
+    )
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise _missing(name)
+
+
+def _register_torch_ops():
+    # The real extension also registers torch.ops.detectron2.nms_rotated (used by
+    # detectron2.layers.nms_rotated); give it a body that raises the same clear error.
+    import torch
+
+    global _LIB
+    try:
+        _LIB = torch.library.Library("detectron2", "DEF")
+        _LIB.define("nms_rotated(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    except RuntimeError:  # already defined (module re-imported, or a real build is loaded)
+        return
+
+    def nms_rotated(dets, scores, iou_threshold):
+        raise _missing("nms_rotated")
+
+    _LIB.impl("nms_rotated", nms_rotated, "CompositeExplicitAutograd")
+
+
+_register_torch_ops()
+'''
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def patch_setup_py(path: str) -> None:
+    with open(path) as f:
+        src = f.read()
+    new, n = re.subn(r"ext_modules\s*=\s*get_extensions\(\)", "ext_modules=[]", src)
+    if n != 1:
+        raise RuntimeError(f"{path}: could not find 'ext_modules=get_extensions()' to remove")
+    # cmdclass build_ext uses torch's BuildExtension; harmless without extensions, but drop it.
+    new = re.sub(r"cmdclass\s*=\s*\{[^}]*\},?", "", new)
+    with open(path, "w") as f:
+        f.write(new)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--force", action="store_true", help="install even if importable")
+    parser.add_argument("--cache", default=os.path.join(REPO_ROOT, ".cache"))
+    args = parser.parse_args()
+
+    if not args.force and importlib.util.find_spec("detectron2") is not None:
+        print("detectron2 is already importable; nothing to do (use --force to reinstall)")
+        return 0
+
+    os.makedirs(args.cache, exist_ok=True)
+    archive = os.path.join(args.cache, SDIST_FILE)
+    if not os.path.exists(archive) or sha256(archive) != SDIST_SHA256:
+        subprocess.check_call(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             SDIST, "-d", args.cache]
+        )
+    digest = sha256(archive)
+    if digest != SDIST_SHA256:
+        raise SystemExit(f"{archive}: sha256 {digest} != expected {SDIST_SHA256}; refusing")
+
+    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        src = os.path.join(tmp, "pb1-detectron2-0.6")
+        patch_setup_py(os.path.join(src, "setup.py"))
+        with open(os.path.join(src, "detectron2", "_C.py"), "w") as f:
+            f.write(STUB)
+        shutil.rmtree(os.path.join(src, "pb1_detectron2.egg-info"), ignore_errors=True)
+        cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", src]
+        constraints = os.path.join(REPO_ROOT, "requirements.txt")
+        if os.path.exists(constraints):
+            cmd += ["-c", constraints]
+        subprocess.check_call(cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
