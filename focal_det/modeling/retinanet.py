@@ -72,7 +72,7 @@ class FocalRetinaNet(RetinaNet):
         super().__init__(**kwargs)
         check_choice("loss_normalizer", loss_normalizer, LOSS_NORMALIZERS)
         self.cls_loss = cls_loss
-        self.loss_normalizer = loss_normalizer
+        self.normalizer_mode = loss_normalizer  # not `loss_normalizer`: the EMA state lives there
 
     @classmethod
     def from_config(cls, cfg):
@@ -86,7 +86,7 @@ class FocalRetinaNet(RetinaNet):
         return ret
 
     def _normalizer(self, num_pos_anchors: int) -> float:
-        if self.loss_normalizer == "ema":
+        if self.normalizer_mode == "ema":
             return self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
         # DDP averages gradients over workers, so dividing each worker's loss by the mean
         # foreground count makes the total the batch's loss over the batch's foreground count.

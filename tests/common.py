@@ -1,0 +1,48 @@
+"""Helpers shared by the tests: tiny configs built exactly as train_net.py's setup() does."""
+import os
+
+import torch
+from detectron2.structures import Boxes, Instances
+
+import focal_det
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+
+def get_tiny_cfg(num_classes: int = 3, base: str = "Base-FocalRetinaNet.yaml"):
+    """A RetinaNet R18-FPN with 32 channels and 2 head convs: same structure, seconds on CPU."""
+    cfg = focal_det.get_cfg()
+    cfg.merge_from_file(os.path.join(CONFIGS, base))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.RETINANET.NUM_CONVS = 2
+    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 128
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.INPUT.MAX_SIZE_TEST = 128
+    return cfg
+
+
+def random_batch(num_images=2, num_classes=3, size=(96, 128), boxes_per_image=4, seed=0,
+                 empty=False):
+    """Images (3, H, W) in [0, 255] with random GT boxes; `empty` gives images with no boxes."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    batch = []
+    for _ in range(num_images):
+        image = torch.rand(3, h, w, generator=g) * 255
+        n = 0 if empty else boxes_per_image
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4]) + 8
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+        inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g)
+        batch.append({"image": image, "instances": inst, "height": h, "width": w})
+    return batch
