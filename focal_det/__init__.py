@@ -16,5 +16,6 @@ from .config import add_focal_det_config, get_cfg  # noqa: E402
 from . import losses  # noqa: E402,F401  registers CLS_LOSS_REGISTRY entries
 from . import bias_init  # noqa: E402,F401  registers BIAS_INIT_REGISTRY entries
 from . import modeling  # noqa: E402,F401  registers FocalRetinaNet in META_ARCH_REGISTRY
+from . import data  # noqa: E402,F401  registers the built-in dataset
 
 __all__ = ["__version__", "add_focal_det_config", "get_cfg"]

@@ -13,7 +13,10 @@ optional fast COCO-eval accumulation). This script therefore
 3. adds ``detectron2/_C.py``: a stand-in module that lets ``import detectron2.modeling`` work and
    turns any call of a missing op into :class:`MissingDetectron2Extension` with the op's name and
    how to get a real build,
-4. ``pip install --no-build-isolation`` the result, keeping the pins of ``requirements.txt``.
+4. makes ``detectron2.export``'s Caffe2 exporter optional, as upstream Detectron2 did after v0.6
+   (PyTorch no longer ships ``caffe2``, so v0.6's ``import detectron2.export`` fails, which
+   takes ``TracingAdapter`` with it),
+5. ``pip install --no-build-isolation`` the result, keeping the pins of ``requirements.txt``.
 
 It does nothing when ``detectron2`` is already importable (e.g. a user's own source build),
 unless ``--force`` is given. Usage: ``python tools/install_detectron2.py [--force]``.
@@ -118,6 +121,31 @@ def patch_setup_py(path: str) -> None:
         f.write(new)
 
 
+EXPORT_INIT = '''# -*- coding: utf-8 -*-
+# Patched by focal_det's tools/install_detectron2.py as in upstream Detectron2 after v0.6:
+# the Caffe2 exporter is optional (PyTorch >= 2 no longer ships caffe2).
+from .flatten import TracingAdapter
+from .torchscript import scripting_with_instances, dump_torchscript_IR
+
+try:
+    from caffe2.proto import caffe2_pb2 as _tmp  # noqa: F401
+except ImportError:
+    pass
+else:
+    from .api import *
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
+'''
+
+
+def patch_export_init(path: str) -> None:
+    with open(path) as f:
+        if "from .api import *" not in f.read():
+            raise RuntimeError(f"{path}: unexpected content, not patching")
+    with open(path, "w") as f:
+        f.write(EXPORT_INIT)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--force", action="store_true", help="install even if importable")
@@ -144,6 +172,7 @@ def main() -> int:
             tar.extractall(tmp, filter="data")
         src = os.path.join(tmp, "pb1-detectron2-0.6")
         patch_setup_py(os.path.join(src, "setup.py"))
+        patch_export_init(os.path.join(src, "detectron2", "export", "__init__.py"))
         with open(os.path.join(src, "detectron2", "_C.py"), "w") as f:
             f.write(STUB)
         shutil.rmtree(os.path.join(src, "pb1_detectron2.egg-info"), ignore_errors=True)

@@ -1,0 +1,84 @@
+"""Pictures of a run: training curves from metrics.json, predictions next to ground truth."""
+import json
+import logging
+import os
+from typing import List
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def read_metrics(path: str) -> List[dict]:
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    rows.append(json.loads(line))
+    return rows
+
+
+def plot_training_curves(output_dir: str) -> str:
+    """Plot losses, learning rate and AP from ``output_dir/metrics.json``; return the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(os.path.join(output_dir, "metrics.json"))
+    train = [r for r in rows if "total_loss" in r]
+    evals = [r for r in rows if "bbox/AP" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    it = [r["iteration"] for r in train]
+    for key in ("total_loss", "loss_cls", "loss_box_reg"):
+        axes[0].plot(it, [r.get(key, np.nan) for r in train], label=key)
+    axes[0].set(title="losses", xlabel="iteration", yscale="log")
+    axes[0].legend()
+    axes[1].plot(it, [r.get("lr", np.nan) for r in train])
+    axes[1].set(title="learning rate", xlabel="iteration")
+    for key in ("bbox/AP", "bbox/AP50", "bbox/AP75"):
+        axes[2].plot([r["iteration"] for r in evals], [r[key] for r in evals], "o-", label=key)
+    axes[2].set(title="COCO AP (val)", xlabel="iteration", ylim=(0, 100))
+    axes[2].legend()
+    fig.tight_layout()
+    path = os.path.join(output_dir, "training_curves.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def save_prediction_images(cfg, model, dataset_name: str, out_dir: str, num_images: int,
+                           score_thresh: float = 0.3) -> List[str]:
+    """Draw ground truth (left) and predictions (right) with Detectron2's Visualizer."""
+    import cv2
+    import torch
+    import tqdm
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data import transforms as T
+    from detectron2.utils.visualizer import Visualizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    metadata = MetadataCatalog.get(dataset_name)
+    dicts = DatasetCatalog.get(dataset_name)[:num_images]
+    aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    model.eval()
+    paths = []
+    for d in tqdm.tqdm(dicts, desc="rendering predictions", unit="image"):
+        bgr = cv2.imread(d["file_name"])
+        h, w = bgr.shape[:2]
+        image = aug.get_transform(bgr).apply_image(bgr)
+        inp = {"image": torch.as_tensor(image.transpose(2, 0, 1).astype("float32")),
+               "height": h, "width": w}
+        with torch.no_grad():
+            inst = model([inp])[0]["instances"].to("cpu")
+        inst = inst[inst.scores >= score_thresh]
+        rgb = bgr[:, :, ::-1]
+        gt = Visualizer(rgb, metadata, scale=3.0).draw_dataset_dict(d).get_image()
+        pred = Visualizer(rgb, metadata, scale=3.0).draw_instance_predictions(inst).get_image()
+        gap = np.full((gt.shape[0], 8, 3), 255, dtype=np.uint8)
+        path = os.path.join(out_dir, os.path.splitext(os.path.basename(d["file_name"]))[0] + ".png")
+        cv2.imwrite(path, np.concatenate([gt, gap, pred], axis=1)[:, :, ::-1])
+        paths.append(path)
+    return paths

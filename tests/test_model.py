@@ -1,0 +1,202 @@
+"""FocalRetinaNet behaviour: configs build, training steps are finite (also with no GT and for
+every loss), inference on odd sizes, prior at step 0, checkpoints, tracing, AMP dtypes."""
+import copy
+import glob
+import os
+import pickle
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.export import TracingAdapter
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import focal_det
+from focal_det.losses import registered_loss_names
+from tests.common import CONFIGS, get_tiny_cfg, random_batch
+
+ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True))
+
+
+def _train_step(model, batch):
+    model.train()
+    with EventStorage():
+        losses = model(copy.deepcopy(batch))
+    total = sum(losses.values())
+    total.backward()
+    return losses
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: os.path.relpath(p, CONFIGS))
+def test_every_config_loads_and_builds(path):
+    cfg = focal_det.get_cfg()
+    cfg.merge_from_file(path)
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert type(model).__name__ == "FocalRetinaNet"
+    assert len(model.head_in_features) == 5  # P3-P7
+    assert model.anchor_generator.num_cell_anchors == [9] * 5
+
+
+def test_paper_defaults():
+    cfg = focal_det.get_cfg()
+    cfg.merge_from_file(os.path.join(CONFIGS, "retinanet_R50_FPN_1x.yaml"))
+    r = cfg.MODEL.RETINANET
+    assert (r.IOU_THRESHOLDS, r.IOU_LABELS) == ([0.4, 0.5], [0, -1, 1])
+    assert (r.SCORE_THRESH_TEST, r.TOPK_CANDIDATES_TEST, r.NMS_THRESH_TEST) == (0.05, 1000, 0.5)
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 100 and r.NUM_CONVS == 4
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS) == (0.01, 90000,
+                                                                         (60000, 80000))
+    c = cfg.MODEL.FOCAL_DET.CLS_LOSS
+    assert (c.NAME, c.GAMMA, c.ALPHA) == ("FocalLoss", 2.0, 0.25)
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_one_training_step_is_finite(empty):
+    model = build_model(get_tiny_cfg())
+    losses = _train_step(model, random_batch(empty=empty))
+    assert all(torch.isfinite(v) for v in losses.values())
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    if empty:
+        assert losses["loss_box_reg"].item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["FocalLoss", "FocalLossStar", "CrossEntropy",
+                                  "BalancedCrossEntropy"])
+def test_each_loss_trains_one_step_and_starts_at_the_prior(name):
+    cfg = get_tiny_cfg()
+    cfg.MODEL.FOCAL_DET.CLS_LOSS.NAME = name
+    cfg.MODEL.FOCAL_DET.HEAD.PRIOR_PROB = 0.02
+    model = build_model(cfg)
+    p0 = model.cls_loss.probs(model.head.cls_score.bias.detach().double())
+    torch.testing.assert_close(p0, torch.full_like(p0, 0.02))
+    before = model.head.cls_score.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    losses = _train_step(model, random_batch(seed=4))
+    opt.step()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert not torch.equal(before, model.head.cls_score.weight)
+
+
+def test_zero_bias_init_is_the_no_prior_baseline():
+    cfg = get_tiny_cfg()
+    cfg.MODEL.FOCAL_DET.HEAD.BIAS_INIT = "Zero"
+    assert (build_model(cfg).head.cls_score.bias == 0).all()
+
+
+def test_head_weights_are_gaussian_001():
+    model = build_model(get_tiny_cfg())
+    w = torch.cat([model.head.cls_score.weight.flatten(), model.head.bbox_pred.weight.flatten()])
+    assert abs(w.std().item() - 0.01) < 0.001 and (model.head.bbox_pred.bias == 0).all()
+
+
+@pytest.mark.parametrize("size", [(61, 97), (129, 33), (32, 32)])
+def test_inference_on_odd_image_sizes(size):
+    model = build_model(get_tiny_cfg()).eval()
+    batch = [{"image": torch.rand(3, *size) * 255}]
+    with torch.no_grad():
+        inst = model(batch)[0]["instances"]
+    assert inst.image_size == size
+    assert len(inst) <= 100 and torch.isfinite(inst.pred_boxes.tensor).all()
+
+
+@pytest.mark.parametrize("normalizer", ["num_fg", "ema"])
+def test_loss_normalizers(normalizer):
+    cfg = get_tiny_cfg()
+    cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER = normalizer
+    model = build_model(cfg)
+    batch = random_batch(seed=5)
+    losses = _train_step(model, batch)
+    model.zero_grad()
+    with EventStorage() as storage:
+        model(copy.deepcopy(batch))
+        num_fg = storage.latest()["num_pos_anchors"][0] * len(batch)
+    expected = num_fg if normalizer == "num_fg" else 0.9 * 100 + 0.1 * num_fg
+    raw = model.cls_loss(*_logits_and_labels(model, batch))
+    torch.testing.assert_close(losses["loss_cls"].detach(), raw / expected, rtol=1e-5, atol=0)
+
+
+def _logits_and_labels(model, batch):
+    with torch.no_grad():
+        images = model.preprocess_image(batch)
+        features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
+        logits, deltas = model._transpose_dense_predictions(model.head(features),
+                                                            [model.num_classes, 4])
+        anchors = model.anchor_generator(features)
+        labels, _ = model.label_anchors(anchors, [b["instances"] for b in batch])
+    return torch.cat(logits, dim=1), torch.stack(labels)
+
+
+@pytest.mark.parametrize("key,replacement", [
+    ("FOCAL_LOSS_GAMMA", "MODEL.FOCAL_DET.CLS_LOSS.GAMMA"),
+    ("FOCAL_LOSS_ALPHA", "MODEL.FOCAL_DET.CLS_LOSS.ALPHA"),
+    ("PRIOR_PROB", "MODEL.FOCAL_DET.HEAD.PRIOR_PROB"),
+])
+def test_detectron2_loss_keys_are_refused_with_the_key_to_use(key, replacement):
+    cfg = get_tiny_cfg()
+    cfg.MODEL.RETINANET[key] = 0.5
+    with pytest.raises(ValueError, match=f"MODEL.RETINANET.{key}.*{replacement}"):
+        build_model(cfg)
+
+
+def test_registry_names_listed():
+    assert {"FocalLoss", "FocalLossStar", "CrossEntropy", "BalancedCrossEntropy"} <= set(
+        registered_loss_names())
+
+
+def _state_numpy(model):
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def test_checkpoints_load_in_pth_and_detectron2_pkl_formats(tmp_path):
+    cfg = get_tiny_cfg()
+    src = build_model(cfg)
+    torch.save({"model": src.state_dict()}, tmp_path / "model.pth")
+    with open(tmp_path / "model.pkl", "wb") as f:  # Detectron2 model-zoo format
+        pickle.dump({"model": _state_numpy(src), "__author__": "test"}, f)
+    for name in ("model.pth", "model.pkl"):
+        dst = build_model(cfg)
+        info = DetectionCheckpointer(dst).load(str(tmp_path / name))
+        incompatible = info.get("incompatible") if isinstance(info, dict) else None
+        for k, v in src.state_dict().items():
+            assert torch.equal(v, dst.state_dict()[k]), f"{name}: {k} not loaded"
+        assert incompatible is None or not incompatible.missing_keys
+
+
+def test_imagenet_style_backbone_pkl_loads_into_the_backbone(tmp_path):
+    cfg = get_tiny_cfg()
+    src = build_model(cfg)
+    bottom_up = {k: v.detach().numpy() for k, v in src.backbone.bottom_up.state_dict().items()}
+    with open(tmp_path / "R-18.pkl", "wb") as f:  # converted-backbone style: suffix matching
+        pickle.dump({"model": bottom_up, "__author__": "test", "matching_heuristics": True}, f)
+    dst = build_model(cfg)
+    DetectionCheckpointer(dst).load(str(tmp_path / "R-18.pkl"))
+    for k, v in src.backbone.bottom_up.state_dict().items():
+        assert torch.equal(v, dst.backbone.bottom_up.state_dict()[k]), k
+
+
+def test_traced_model_gives_the_eager_boxes():
+    model = build_model(get_tiny_cfg()).eval()
+    with torch.no_grad():
+        model.head.cls_score.bias.fill_(0.0)  # enough detections to compare
+    inputs = [{"image": torch.rand(3, 64, 96) * 255}]
+    adapter = TracingAdapter(model, inputs)
+    traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+    with torch.no_grad():
+        eager = model(inputs)[0]["instances"]
+        out = adapter.outputs_schema(traced(*adapter.flattened_inputs))[0]["instances"]
+    assert len(eager) > 0
+    torch.testing.assert_close(out.pred_boxes.tensor, eager.pred_boxes.tensor)
+    torch.testing.assert_close(out.scores, eager.scores)
+
+
+def test_autocast_bf16_losses_are_fp32_and_finite():
+    model = build_model(get_tiny_cfg())
+    model.train()
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(random_batch(seed=6))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()

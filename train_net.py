@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Train and evaluate focal_det models with Detectron2's own trainer, evaluator and launcher.
+
+    python train_net.py --config-file configs/retinanet_R50_FPN_1x.yaml --num-gpus 8
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
+    python train_net.py --config-file ... --resume          # continue from last_checkpoint
+"""
+import logging
+import os
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.utils.logger import setup_logger
+
+import focal_det
+from focal_det._detectron2 import has_real_extension
+from focal_det.data import prepare_datasets
+
+logger = logging.getLogger("focal_det")
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        # The fast (C++) COCO-eval path exists only with a compiled detectron2._C.
+        return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
+                             output_dir=output_folder, use_fast_impl=has_real_extension())
+
+
+def setup(args):
+    cfg = focal_det.get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_det")
+    prepare_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    return cfg
+
+
+def render(cfg, model, num_images):
+    """Training curves and prediction pictures, written next to the checkpoint."""
+    from focal_det.utils.vis import plot_training_curves, save_prediction_images
+
+    curves = plot_training_curves(cfg.OUTPUT_DIR)
+    logger.info(f"Training curves: {curves}")
+    if num_images > 0 and cfg.DATASETS.TEST:
+        out = os.path.join(cfg.OUTPUT_DIR, "predictions")
+        save_prediction_images(cfg, model, cfg.DATASETS.TEST[0], out, num_images)
+        logger.info(f"Predictions next to ground truth: {out}/*.png")
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    res = trainer.train()
+    if comm.is_main_process() and args.vis_images >= 0:
+        render(cfg, trainer.model, args.vis_images)
+        logger.info(f"Outputs (checkpoint, metrics.json, pictures) are in {cfg.OUTPUT_DIR}")
+    return res
+
+
+def get_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--vis-images", type=int, default=0,
+                        help="after training, draw predictions on this many test images "
+                             "(and always the training curves); -1 draws nothing")
+    return parser
+
+
+if __name__ == "__main__":
+    args = get_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
