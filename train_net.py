@@ -11,11 +11,11 @@ import os
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 import focal_det
-from focal_det._detectron2 import has_real_extension
+from focal_det.evaluation import FocalCOCOEvaluator
 from focal_det.data import prepare_datasets
 
 logger = logging.getLogger("focal_det")
@@ -25,9 +25,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        # The fast (C++) COCO-eval path exists only with a compiled detectron2._C.
-        return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
-                             output_dir=output_folder, use_fast_impl=has_real_extension())
+        return FocalCOCOEvaluator(dataset_name, output_dir=output_folder)
 
 
 def setup(args):

@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Draw focal_det detections on images or a video, with Detectron2's predictor and visualizers.
+
+    python demo.py --config-file configs/builtin/retinanet_R18_shapes.yaml \
+        --input 'photos/*.jpg' folder_of_images/ --output out/ \
+        --opts MODEL.WEIGHTS output/demo/model_final.pth
+    python demo.py --config-file ... --video-input clip.mp4 --output clip_annotated.mp4 --opts ...
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+import time
+
+import cv2
+import tqdm
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+import focal_det
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+logger = logging.getLogger("focal_det.demo")
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description="focal_det demo (Detectron2's demo interface)")
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--input", nargs="+", help="image files, globs ('imgs/*.jpg') or folders")
+    p.add_argument("--video-input", help="a video file; writes an annotated video to --output")
+    p.add_argument("--output", help="a file (one input) or a folder for the drawn results")
+    p.add_argument("--confidence-threshold", type=float, default=0.5)
+    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                   help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
+    return p
+
+
+def setup_cfg(args):
+    cfg = focal_det.get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        raise SystemExit(f"--confidence-threshold={args.confidence_threshold} must be in [0, 1]")
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg.freeze()
+    return cfg
+
+
+def expand_inputs(patterns):
+    """Files, globs and folders to a sorted list of image paths; errors name what is missing."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern))
+                     if f.lower().endswith(IMAGE_EXTS)]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise SystemExit(f"--input {pattern!r}: no such image file, glob match or folder")
+        paths.extend(found)
+    return paths
+
+
+def metadata_of(cfg):
+    name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
+    return MetadataCatalog.get(name)
+
+
+def output_path(args, path, many):
+    if not args.output:
+        return None
+    if many or os.path.isdir(args.output) or not os.path.splitext(args.output)[1]:
+        os.makedirs(args.output, exist_ok=True)
+        return os.path.join(args.output, os.path.basename(path))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    return args.output
+
+
+def run_images(cfg, args):
+    predictor, metadata = DefaultPredictor(cfg), metadata_of(cfg)
+    paths = expand_inputs(args.input)
+    for path in tqdm.tqdm(paths, disable=not args.output, unit="image"):
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise SystemExit(f"{path}: not a readable image")
+        start = time.time()
+        instances = predictor(image)["instances"].to("cpu")
+        logger.info(f"{path}: {len(instances)} detections in {time.time() - start:.2f}s")
+        vis = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+        drawn = vis.draw_instance_predictions(instances).get_image()[:, :, ::-1]
+        out = output_path(args, path, len(paths) > 1)
+        if out:
+            cv2.imwrite(out, drawn)
+    if args.output:
+        logger.info(f"Wrote {len(paths)} image(s) to {args.output}")
+
+
+def run_video(cfg, args):
+    predictor, metadata = DefaultPredictor(cfg), metadata_of(cfg)
+    video = cv2.VideoCapture(args.video_input)
+    if not video.isOpened():
+        raise SystemExit(f"--video-input {args.video_input!r}: cannot open this video")
+    width, height = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    fps = video.get(cv2.CAP_PROP_FPS) or 10.0
+    frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+    out = args.output
+    if out and (os.path.isdir(out) or not os.path.splitext(out)[1]):
+        os.makedirs(out, exist_ok=True)
+        out = os.path.join(out, os.path.splitext(os.path.basename(args.video_input))[0] + ".mp4")
+    writer = None
+    if out:
+        writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
+    count = 0
+    for _ in tqdm.tqdm(range(frames), unit="frame"):
+        ok, frame = video.read()
+        if not ok:
+            break
+        instances = predictor(frame)["instances"].to("cpu")
+        drawn = visualizer.draw_instance_predictions(frame[:, :, ::-1], instances)
+        if writer is not None:
+            writer.write(drawn.get_image()[:, :, ::-1])
+        count += 1
+    video.release()
+    if writer is not None:
+        writer.release()
+        logger.info(f"Wrote {count} annotated frames to {out}")
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="focal_det")
+    setup_logger(name="fvcore")
+    cfg = setup_cfg(args)
+    if bool(args.input) == bool(args.video_input):
+        raise SystemExit("give exactly one of --input or --video-input")
+    if args.input:
+        run_images(cfg, args)
+    else:
+        run_video(cfg, args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

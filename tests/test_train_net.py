@@ -1,0 +1,116 @@
+"""train_net.py end to end on a tiny generated dataset: trains, evaluates with COCO AP, writes
+its pictures, resumes from last_checkpoint, --eval-only loads MODEL.WEIGHTS; demo.py draws."""
+import glob
+import json
+import os
+
+import cv2
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+
+import demo
+import train_net
+from focal_det.data import CLASSES, ShapesSpec, ensure_generated
+from tests.common import CONFIGS
+
+TINY = ShapesSpec(num_train=8, num_val=4, image_size=64, max_objects=4, min_size=12,
+                  max_size=40)
+NAMES = ("focal_det_test_train", "focal_det_test_val")
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    folder = ensure_generated(TINY, root=str(tmp_path_factory.mktemp("data")))
+    for name, split in zip(NAMES, ("train", "val")):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, os.path.join(folder, f"{split}.json"), folder)
+    return folder
+
+
+def _args(out, *extra, opts=()):
+    argv = ["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
+            *extra, "OUTPUT_DIR", str(out), "DATASETS.TRAIN", f"('{NAMES[0]}',)",
+            "DATASETS.TEST", f"('{NAMES[1]}',)", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+            "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST",
+            "64", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS",
+            "2", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
+            "DATALOADER.NUM_WORKERS", "0", "SEED", "3", *opts]
+    return train_net.get_parser().parse_args(argv)
+
+
+def test_generated_dataset_is_deterministic_and_complete(tiny_dataset, tmp_path):
+    again = ensure_generated(TINY, root=str(tmp_path))
+    for split in ("train", "val"):
+        a = json.load(open(os.path.join(tiny_dataset, f"{split}.json")))
+        b = json.load(open(os.path.join(again, f"{split}.json")))
+        assert a["annotations"] == b["annotations"] and a["images"] == b["images"]
+    assert [c["name"] for c in a["categories"]] == list(CLASSES)
+    changed = ShapesSpec(num_train=8, num_val=4, image_size=64, seed=1)
+    assert changed.digest() != TINY.digest()
+    assert not glob.glob(os.path.join(os.path.dirname(tiny_dataset), ".focal_det_shapes_tmp*"))
+
+
+def test_train_evaluate_render_resume_and_eval_only(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    train_net.main(_args(out, "--vis-images", "2"))
+    metrics = [json.loads(line) for line in open(out / "metrics.json")]
+    assert any("bbox/AP50" in m for m in metrics)  # evaluated at the end of training
+    for name in ("model_final.pth", "metrics.json", "training_curves.png", "last_checkpoint"):
+        assert os.path.getsize(out / name) > 0, name
+    assert len(glob.glob(str(out / "predictions" / "*.png"))) == 2
+
+    # --resume continues from last_checkpoint (iteration 4) to MAX_ITER 6.
+    trainer = train_net.Trainer(train_net.setup(_args(out, "--resume",
+                                                      opts=["SOLVER.MAX_ITER", "6"])))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 4
+    trainer.train()
+    assert trainer.iter == 6 and os.path.exists(out / "model_final.pth")
+
+    res = train_net.main(_args(tmp_path / "eval", "--eval-only",
+                               opts=["MODEL.WEIGHTS", str(out / "model_final.pth")]))
+    assert set(res["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert all(0.0 <= res["bbox"][k] <= 100.0 for k in ("AP", "AP50", "AP75"))
+
+
+def test_demo_draws_images_and_video(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    train_net.main(_args(out, "--vis-images", "-1", opts=["SOLVER.MAX_ITER", "2"]))
+    images = sorted(glob.glob(os.path.join(tiny_dataset, "val", "*.jpg")))
+    video = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 64))
+    for p in images:
+        writer.write(cv2.imread(p))
+    writer.release()
+    common = ["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
+              "--confidence-threshold", "0.0"]
+    opts = ["--opts", "MODEL.WEIGHTS", str(out / "model_final.pth"),
+            "DATASETS.TEST", f"('{NAMES[1]}',)"]
+    demo.main(common + ["--input", os.path.join(tiny_dataset, "val"), "--output",
+                        str(tmp_path / "drawn")] + opts)
+    assert len(os.listdir(tmp_path / "drawn")) == len(images)
+    demo.main(common + ["--input", images[0], "--output", str(tmp_path / "one.png")] + opts)
+    assert cv2.imread(str(tmp_path / "one.png")).shape == (64, 64, 3)
+    demo.main(common + ["--video-input", video, "--output", str(tmp_path / "v.mp4")] + opts)
+    cap = cv2.VideoCapture(str(tmp_path / "v.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(images)
+    with pytest.raises(SystemExit, match="no such image"):
+        demo.main(common + ["--input", str(tmp_path / "missing*.jpg")] + opts)
+
+
+def test_zero_detections_evaluate_to_ap_zero(tiny_dataset, tmp_path):
+    from detectron2.structures import Boxes, Instances
+
+    from focal_det.evaluation import FocalCOCOEvaluator
+
+    ev = FocalCOCOEvaluator(NAMES[1], output_dir=str(tmp_path), distributed=False)
+    ev.reset()
+    for d in DatasetCatalog.get(NAMES[1]):
+        empty = Instances((d["height"], d["width"]), pred_boxes=Boxes(torch.zeros(0, 4)),
+                          scores=torch.zeros(0), pred_classes=torch.zeros(0, dtype=torch.long))
+        ev.process([{"image_id": d["image_id"]}], [{"instances": empty}])
+    assert ev.evaluate()["bbox"]["AP"] == 0.0
