@@ -96,27 +96,55 @@ def focal_kernel(gamma: float, alpha: float) -> Kernel:
 
 
 def binary_focal_kernel(gamma: float, alpha: float) -> Kernel:
-    """FL and its gradient for binary targets t in {0, 1}: about half the work of the soft form."""
+    """FL and its gradient for binary targets t in {0, 1} (bool or float); elementwise.
+
+    Also carries ``sum_into``, the fused form used for "sum"/"mean": it never materializes the
+    elementwise loss and writes the gradient straight into the output buffer.
+    """
+
+    def terms(x: Tensor, pos: Tensor):
+        # With x_n = -x_t: -log p_t = softplus(x_n) and 1 - p_t = sigmoid(x_n), both exact.
+        x_n = torch.where(pos, x.neg(), x)
+        ce = F.softplus(x_n)
+        q = torch.sigmoid(x_n)
+        mod = None if gamma == 0 else (q if gamma == 1 else (q * q if gamma == 2 else q.pow(gamma)))
+        return ce, q, mod
+
+    def alphas(x: Tensor, weight: Optional[Tensor]):
+        a_pos, a_neg = (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
+        if weight is None:
+            return (torch.tensor(a_pos, dtype=x.dtype, device=x.device),
+                    torch.tensor(a_neg, dtype=x.dtype, device=x.device))
+        return weight * a_pos, weight * a_neg
+
+    def grad_terms(ce, q, mod):
+        # dFL/dx = -y alpha_t (1 - p_t)^gamma (gamma p_t (-log p_t) + (1 - p_t))
+        m = torch.addcmul(q, 1.0 - q, ce, value=gamma) if gamma != 0 else q
+        return m.mul_(mod) if mod is not None else m
 
     def kernel(x: Tensor, t: Tensor, need_grad: bool):
-        y = t * 2.0 - 1.0
-        x_t = x * y
-        log_pt = F.logsigmoid(x_t)
-        q = torch.sigmoid(x_t.neg_())  # 1 - p_t, exact where p_t ~ 1
-        mod = q if gamma == 1 else (q * q if gamma == 2 else q.pow(gamma))
-        # -alpha_t folded into one affine map of t (alpha_t = 1 without weighting).
-        neg_at = t * (1.0 - 2.0 * alpha) + (alpha - 1.0) if alpha >= 0 else None
-        loss = log_pt * mod if gamma != 0 else log_pt.clone()
-        loss = loss.mul_(neg_at) if neg_at is not None else loss.neg_()
+        pos = t if t.dtype == torch.bool else t > 0.5
+        ce, q, mod = terms(x, pos)
+        a_pos, a_neg = alphas(x, None)
+        at = torch.where(pos, a_pos, a_neg)
+        loss = (ce * mod if mod is not None else ce).mul_(at)
         if not need_grad:
             return loss, None
-        # y alpha_t (1 - p_t)^gamma (gamma p_t log p_t - (1 - p_t)); y alpha_t = t - 1 + alpha.
-        p_t = 1.0 - q
-        inner = torch.addcmul(q.neg(), p_t, log_pt, value=gamma) if gamma != 0 else q.neg()
-        if gamma != 0:
-            inner = inner.mul_(mod)
-        return loss, inner.mul_(t + (alpha - 1.0) if alpha >= 0 else y)
+        return loss, grad_terms(ce, q, mod).mul_(torch.where(pos, -a_pos, a_neg))
 
+    def sum_into(x: Tensor, t: Tensor, weight: Optional[Tensor], grad_out: Optional[Tensor]):
+        if t.dtype != torch.bool and not is_binary(t):
+            return None
+        pos = t if t.dtype == torch.bool else t > 0.5
+        ce, q, mod = terms(x, pos)
+        a_pos, a_neg = alphas(x, weight)
+        lm = ce * mod if mod is not None else ce
+        total = torch.dot(lm.reshape(-1), torch.where(pos, a_pos, a_neg).reshape(-1))
+        if grad_out is not None:
+            torch.mul(grad_terms(ce, q, mod), torch.where(pos, -a_pos, a_neg), out=grad_out)
+        return total.double()
+
+    kernel.sum_into = sum_into
     return kernel
 
 
@@ -187,6 +215,14 @@ def run_chunked(
         end = min(start + step, rows)
         x = x2d[start:end].to(cdtype)
         t, weight = targets_of(start, end)
+        sum_into = getattr(kernel, "sum_into", None)
+        if not elementwise and sum_into is not None:
+            partial = sum_into(x, t, weight, grad[start:end] if need_grad else None)
+            if partial is not None:
+                partial_sums.append(partial)
+                continue
+        if t.dtype == torch.bool:
+            t = t.to(cdtype)
         loss, g = kernel(x, t, need_grad)
         if weight is not None:
             loss = loss * weight

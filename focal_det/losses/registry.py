@@ -82,8 +82,7 @@ class SigmoidClassificationLoss:
 
         def targets_of(start: int, end: int):
             lab = labels[start:end, None]
-            weight = (lab >= 0).to(cdtype)
-            return (lab == classes).to(cdtype), weight
+            return lab == classes, (lab >= 0).to(cdtype)  # bool targets, row weights
 
         return LF._FusedLoss.apply(logits, targets_of, self.label_kernel(), "sum", x2d.shape)
 

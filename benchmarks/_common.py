@@ -1,0 +1,48 @@
+"""Shared benchmark helpers: interleaved timing with medians, peak-RSS measurement."""
+import statistics
+import time
+from typing import Callable, Dict, List
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS counter (Linux); return the current RSS in bytes."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status("VmRSS")
+
+
+def peak_rss() -> int:
+    return _status("VmHWM")
+
+
+def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 1,
+                sync: Callable[[], None] = lambda: None) -> Dict[str, Dict[str, float]]:
+    """Run every fn once per round, `repeats` rounds; return median/min/max seconds per fn."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
+            for k, v in times.items()}
+
+
+def peak_extra_bytes(fn: Callable[[], None]) -> int:
+    """Peak RSS growth (bytes) while running fn once, on CPU."""
+    base = reset_peak_rss()
+    fn()
+    return max(0, peak_rss() - base)
