@@ -7,21 +7,37 @@
 """
 import logging
 import os
+import weakref
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 import focal_det
 from focal_det.evaluation import FocalCOCOEvaluator
+from focal_det.checkpoint import FocalCheckpointer
+from focal_det.config import check_num_classes
 from focal_det.data import prepare_datasets
 
 logger = logging.getLogger("focal_det")
 
 
 class Trainer(DefaultTrainer):
+    def build_hooks(self):
+        # DefaultTrainer made a DetectionCheckpointer just before calling this; swap in ours
+        # (atomic saves, code-free loading) before the checkpoint hook captures it.
+        self.checkpointer = FocalCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        loader = super().build_train_loader(cfg)  # loads the datasets, which sets their metadata
+        check_num_classes(cfg)
+        return loader
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
@@ -55,7 +71,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        FocalCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

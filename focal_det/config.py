@@ -91,3 +91,17 @@ def check_iou_thresholds(key: str, thresholds: Sequence[float], labels: Sequence
             f"{key}={thresholds!r} needs {len(thresholds) + 1} entries in "
             f"MODEL.RETINANET.IOU_LABELS, got {list(labels)!r}"
         )
+
+
+def check_num_classes(cfg: CN) -> None:
+    """MODEL.RETINANET.NUM_CLASSES must equal the class count of every training dataset."""
+    from detectron2.data import MetadataCatalog
+
+    for name in cfg.DATASETS.TRAIN:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None and len(classes) != cfg.MODEL.RETINANET.NUM_CLASSES:
+            raise ValueError(
+                f"MODEL.RETINANET.NUM_CLASSES={cfg.MODEL.RETINANET.NUM_CLASSES} but the training "
+                f"dataset {name!r} has {len(classes)} classes {list(classes)[:10]}; "
+                f"set MODEL.RETINANET.NUM_CLASSES {len(classes)}"
+            )

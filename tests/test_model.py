@@ -13,6 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import focal_det
+from focal_det.checkpoint import numpy_state
 from focal_det.losses import registered_loss_names
 from tests.common import CONFIGS, get_tiny_cfg, random_batch
 
@@ -147,16 +148,12 @@ def test_registry_names_listed():
         registered_loss_names())
 
 
-def _state_numpy(model):
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
 def test_checkpoints_load_in_pth_and_detectron2_pkl_formats(tmp_path):
     cfg = get_tiny_cfg()
     src = build_model(cfg)
     torch.save({"model": src.state_dict()}, tmp_path / "model.pth")
     with open(tmp_path / "model.pkl", "wb") as f:  # Detectron2 model-zoo format
-        pickle.dump({"model": _state_numpy(src), "__author__": "test"}, f)
+        pickle.dump({"model": numpy_state(src), "__author__": "test"}, f)
     for name in ("model.pth", "model.pkl"):
         dst = build_model(cfg)
         info = DetectionCheckpointer(dst).load(str(tmp_path / name))

@@ -114,3 +114,9 @@ def test_zero_detections_evaluate_to_ap_zero(tiny_dataset, tmp_path):
                           scores=torch.zeros(0), pred_classes=torch.zeros(0, dtype=torch.long))
         ev.process([{"image_id": d["image_id"]}], [{"instances": empty}])
     assert ev.evaluate()["bbox"]["AP"] == 0.0
+
+
+def test_num_classes_must_match_the_training_dataset(tiny_dataset, tmp_path):
+    args = _args(tmp_path / "bad", opts=["MODEL.RETINANET.NUM_CLASSES", "7"])
+    with pytest.raises(ValueError, match=r"MODEL.RETINANET.NUM_CLASSES=7.*has 4 classes"):
+        train_net.main(args)

@@ -31,7 +31,7 @@ DISTRACTORS = ("ring", "bar", "hexagon")
 
 @dataclass(frozen=True)
 class ShapesSpec:
-    num_train: int = 800
+    num_train: int = 4000
     num_val: int = 100
     image_size: int = 128
     max_objects: int = 12
@@ -59,7 +59,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
-    n = {"triangle": 3, "hexagon": 6}[kind]
+    n = {"hexagon": 6}[kind]
     ang = rot + np.arange(n) * 2 * np.pi / n
     return np.stack([cx + r * np.cos(ang), cy + r * np.sin(ang)], 1).round().astype(np.int32)
 
@@ -75,9 +75,9 @@ def _draw(img: np.ndarray, kind: str, box: Tuple[int, int, int, int], color, rng
         w = max(2, round(r / 2.5))
         cv2.rectangle(img, (x0, round(cy) - w), (x1 - 1, round(cy) + w), color, -1)
         cv2.rectangle(img, (round(cx) - w, y0), (round(cx) + w, y1 - 1), color, -1)
-    elif kind == "triangle":
-        cv2.fillPoly(img, [_polygon("triangle", cx, cy + r * 0.25, r, -np.pi / 2)], color,
-                     cv2.LINE_AA)
+    elif kind == "triangle":  # fills its box, so the annotation is tight
+        pts = np.array([[x0, y1 - 1], [x1 - 1, y1 - 1], [round(cx), y0]], dtype=np.int32)
+        cv2.fillPoly(img, [pts], color, cv2.LINE_AA)
     elif kind == "ring":
         cv2.circle(img, (round(cx), round(cy)), round(r), color, max(2, round(r / 4)), cv2.LINE_AA)
     elif kind == "bar":

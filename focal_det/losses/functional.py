@@ -139,7 +139,7 @@ def binary_focal_kernel(gamma: float, alpha: float) -> Kernel:
         ce, q, mod = terms(x, pos)
         a_pos, a_neg = alphas(x, weight)
         lm = ce * mod if mod is not None else ce
-        total = torch.dot(lm.reshape(-1), torch.where(pos, a_pos, a_neg).reshape(-1))
+        total = lm.mul_(torch.where(pos, a_pos, a_neg)).sum()  # cascade sum: accurate
         if grad_out is not None:
             torch.mul(grad_terms(ce, q, mod), torch.where(pos, -a_pos, a_neg), out=grad_out)
         return total.double()

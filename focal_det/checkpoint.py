@@ -1,0 +1,127 @@
+"""Checkpoints that cannot be half-written and cannot run code when loaded.
+
+``FocalCheckpointer`` is Detectron2's ``DetectionCheckpointer`` with two seams changed:
+
+- writing: each checkpoint and ``last_checkpoint`` go to a temporary file in the same folder,
+  are flushed and fsync'ed, then renamed over the target (atomic on POSIX), so a process killed
+  at any instant leaves the previous checkpoint loadable and ``last_checkpoint`` pointing to a
+  complete file;
+- reading: ``.pth`` files load with ``torch.load(..., weights_only=True)``; Detectron2 ``.pkl``
+  files (pickled dicts of numpy arrays) load through an unpickler that only allows what such
+  files contain. A pickle that would import anything else is refused with
+  :class:`UnsafeCheckpointError` naming the file and the refused global.
+"""
+import io
+import os
+import pickle
+import tempfile
+from typing import Callable
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    pass
+
+
+# What Detectron2 / Caffe2 .pkl checkpoints legitimately need to rebuild numpy arrays.
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, filename: str):
+        super().__init__(file, encoding="latin1")
+        self.filename = filename
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(
+            f"{self.filename}: refusing to load, the pickle asks for '{module}.{name}', which a "
+            "Detectron2 checkpoint (a dict of numpy arrays) never contains. It may run code; "
+            "if you trust the file, convert it yourself outside focal_det."
+        )
+
+
+def load_pkl_safely(path: str) -> dict:
+    with open(path, "rb") as f:
+        data = _RestrictedUnpickler(f, path).load()
+    if not isinstance(data, dict):
+        raise UnsafeCheckpointError(f"{path}: expected a dict, got {type(data).__name__}")
+    return data
+
+
+def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through ``write(file)`` so readers see the old or the new file, never
+    a partial one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class FocalCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer with atomic saves and code-free loading (see module docstring)."""
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+    def _load_file(self, filename: str):
+        local = self.path_manager.get_local_path(filename)
+        if filename.endswith(".pkl"):
+            data = load_pkl_safely(local)
+            if "model" in data and "__author__" in data:
+                return data
+            if "blobs" in data:  # Detectron (v1) / Caffe2 detection models
+                data = data["blobs"]
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        try:
+            loaded = torch.load(local, map_location=torch.device("cpu"), weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(
+                f"{filename}: refusing to load with weights_only=True ({e}). focal_det loads "
+                "only tensors and plain containers from .pth files."
+            ) from None
+        if "model" not in loaded:
+            loaded = {"model": loaded}
+        return loaded
+
+
+def numpy_state(model: torch.nn.Module) -> dict:
+    """A model's state as numpy arrays: the Detectron2 .pkl checkpoint layout."""
+    return {k: np.asarray(v.detach().cpu().numpy()) for k, v in model.state_dict().items()}

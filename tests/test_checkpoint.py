@@ -1,0 +1,111 @@
+"""Checkpoints: atomic writes leave the previous file intact; loading never runs code."""
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from focal_det.checkpoint import (
+    FocalCheckpointer,
+    UnsafeCheckpointError,
+    atomic_write,
+    load_pkl_safely,
+    numpy_state,
+)
+from tests.common import REPO, get_tiny_cfg
+
+
+class _Evil:
+    """Unpickling this would create a file: the side effect proves code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "model.pth"
+    atomic_write(str(path), lambda f: f.write(b"old"))
+
+    def half_write(f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(path), half_write)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.pth"]  # no temporary left behind
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = get_tiny_cfg()
+    src = build_model(cfg)
+    FocalCheckpointer(src, str(tmp_path)).save("model_0000009", iteration=9)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    dst = build_model(cfg)
+    extra = FocalCheckpointer(dst, str(tmp_path)).resume_or_load("", resume=True)
+    assert extra["iteration"] == 9
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k])
+
+
+def test_legitimate_pkl_loads_and_malicious_pickles_are_refused(tmp_path):
+    cfg = get_tiny_cfg()
+    src = build_model(cfg)
+    good = tmp_path / "good.pkl"
+    with open(good, "wb") as f:
+        pickle.dump({"model": numpy_state(src), "__author__": "test"}, f)
+    assert isinstance(load_pkl_safely(str(good))["model"]["head.cls_score.bias"], np.ndarray)
+    FocalCheckpointer(build_model(cfg)).load(str(good))
+
+    marker = tmp_path / "pwned"
+    for name in ("evil.pkl", "evil.pth"):
+        path = tmp_path / name
+        payload = {"model": {"w": _Evil(str(marker))}, "__author__": "x"}
+        with open(path, "wb") as f:
+            if name.endswith(".pth"):
+                torch.save(payload, f)
+            else:
+                pickle.dump(payload, f)
+        with pytest.raises(UnsafeCheckpointError, match=name):
+            FocalCheckpointer(build_model(cfg)).load(str(path))
+        assert not marker.exists(), f"loading {name} ran code"
+
+
+SAVER = r"""
+import sys, torch
+sys.path.insert(0, {repo!r})
+from focal_det.checkpoint import FocalCheckpointer
+model = torch.nn.Linear(512, 512)
+ckpt = FocalCheckpointer(model, {out!r})
+i = 0
+while True:
+    with torch.no_grad():
+        model.weight.fill_(float(i))
+    ckpt.save(f"model_{{i % 3}}", iteration=i, blob=torch.full((2_000_000,), float(i)))
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def test_sigkill_during_saves_leaves_a_loadable_last_checkpoint(tmp_path):
+    script = SAVER.format(repo=REPO, out=str(tmp_path))
+    for delay in (0.0, 0.05, 0.13, 0.31):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        assert proc.stdout.readline()  # at least one checkpoint is complete
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        model = torch.nn.Linear(512, 512)
+        extra = FocalCheckpointer(model, str(tmp_path)).resume_or_load("", resume=True)
+        i = extra["iteration"]
+        assert torch.equal(model.weight, torch.full_like(model.weight, float(i)))
+        assert torch.equal(extra["blob"], torch.full((2_000_000,), float(i)))
