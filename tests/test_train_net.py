@@ -120,3 +120,20 @@ def test_num_classes_must_match_the_training_dataset(tiny_dataset, tmp_path):
     args = _args(tmp_path / "bad", opts=["MODEL.RETINANET.NUM_CLASSES", "7"])
     with pytest.raises(ValueError, match=r"MODEL.RETINANET.NUM_CLASSES=7.*has 4 classes"):
         train_net.main(args)
+
+
+def _generate(root):
+    return ensure_generated(ShapesSpec(num_train=6, num_val=2, image_size=48, seed=5), root=root)
+
+
+def test_concurrent_generation_is_safe(tmp_path):
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(3) as pool:
+        folders = pool.map(_generate, [str(tmp_path)] * 3)
+    assert len(set(folders)) == 1
+    data = json.load(open(os.path.join(folders[0], "train.json")))
+    assert len(data["images"]) == 6
+    for im in data["images"]:
+        assert cv2.imread(os.path.join(folders[0], im["file_name"])) is not None
+    assert os.listdir(tmp_path) == [os.path.basename(folders[0])]  # no temporaries left

@@ -160,7 +160,9 @@ def main() -> int:
     archive = os.path.join(args.cache, SDIST_FILE)
     if not os.path.exists(archive) or sha256(archive) != SDIST_SHA256:
         subprocess.check_call(
+            # --no-build-isolation: preparing its metadata runs its setup.py, which imports torch.
             [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "--no-build-isolation",
              SDIST, "-d", args.cache]
         )
     digest = sha256(archive)
