@@ -8,7 +8,7 @@ plain ``pip install`` fails trying to compile the C++/CUDA extension ``detectron
 RetinaNet needs none of those ops (they serve rotated boxes, deformable convolution and the
 optional fast COCO-eval accumulation). This script therefore
 
-1. downloads the sdist from PyPI and checks its sha256,
+1. downloads the sdist from PyPI's simple index and checks its sha256,
 2. removes the extension from its ``setup.py``,
 3. adds ``detectron2/_C.py``: a stand-in module that lets ``import detectron2.modeling`` work and
    turns any call of a missing op into :class:`MissingDetectron2Extension` with the op's name and
@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 
 SDIST = "pb1-detectron2==0.6"
 SDIST_FILE = "pb1-detectron2-0.6.tar.gz"
@@ -109,6 +111,22 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def download_sdist(dest: str) -> None:
+    """Fetch the sdist through PyPI's simple index. (Not `pip download`: preparing its metadata
+    fails on current pip, which rejects the direct-URL dependency in its "all" extra.)"""
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    page = urllib.request.urlopen(f"{index}/pb1-detectron2/", timeout=60).read().decode()
+    links = re.findall(r'href="([^"]*' + re.escape(SDIST_FILE) + r'[^"]*)"', page)
+    if not links:
+        raise SystemExit(f"{index}/pb1-detectron2/: no link to {SDIST_FILE}")
+    url = urllib.parse.urljoin(f"{index}/pb1-detectron2/", links[0].split("#")[0])
+    print(f"Downloading {url}")
+    tmp = dest + ".part"
+    with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+        shutil.copyfileobj(r, f)
+    os.replace(tmp, dest)
+
+
 def patch_setup_py(path: str) -> None:
     with open(path) as f:
         src = f.read()
@@ -117,6 +135,8 @@ def patch_setup_py(path: str) -> None:
         raise RuntimeError(f"{path}: could not find 'ext_modules=get_extensions()' to remove")
     # cmdclass build_ext uses torch's BuildExtension; harmless without extensions, but drop it.
     new = re.sub(r"cmdclass\s*=\s*\{[^}]*\},?", "", new)
+    # A direct-URL dependency (extra "all") that current pip refuses; focal_det does not use it.
+    new = re.sub(r'\s*"panopticapi @ [^"]*",', "", new)
     with open(path, "w") as f:
         f.write(new)
 
@@ -159,12 +179,7 @@ def main() -> int:
     os.makedirs(args.cache, exist_ok=True)
     archive = os.path.join(args.cache, SDIST_FILE)
     if not os.path.exists(archive) or sha256(archive) != SDIST_SHA256:
-        subprocess.check_call(
-            # --no-build-isolation: preparing its metadata runs its setup.py, which imports torch.
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--no-build-isolation",
-             SDIST, "-d", args.cache]
-        )
+        download_sdist(archive)
     digest = sha256(archive)
     if digest != SDIST_SHA256:
         raise SystemExit(f"{archive}: sha256 {digest} != expected {SDIST_SHA256}; refusing")
