@@ -49,9 +49,11 @@ def test_generated_dataset_is_deterministic_and_complete(tiny_dataset, tmp_path)
         b = json.load(open(os.path.join(again, f"{split}.json")))
         assert a["annotations"] == b["annotations"] and a["images"] == b["images"]
     assert [c["name"] for c in a["categories"]] == list(CLASSES)
-    changed = ShapesSpec(num_train=8, num_val=4, image_size=64, seed=1)
+    changed = ShapesSpec(num_train=8, num_val=4, image_size=64, max_size=40, seed=1)
     assert changed.digest() != TINY.digest()
     assert not glob.glob(os.path.join(os.path.dirname(tiny_dataset), ".focal_det_shapes_tmp*"))
+    with pytest.raises(ValueError, match="max_size"):
+        ShapesSpec(image_size=64, max_size=72)
 
 
 def test_train_evaluate_render_resume_and_eval_only(tiny_dataset, tmp_path):
@@ -123,7 +125,8 @@ def test_num_classes_must_match_the_training_dataset(tiny_dataset, tmp_path):
 
 
 def _generate(root):
-    return ensure_generated(ShapesSpec(num_train=6, num_val=2, image_size=48, seed=5), root=root)
+    spec = ShapesSpec(num_train=6, num_val=2, image_size=48, max_size=30, seed=5)
+    return ensure_generated(spec, root=root)
 
 
 def test_concurrent_generation_is_safe(tmp_path):

@@ -41,6 +41,13 @@ class ShapesSpec:
     empty_fraction: float = 0.06
     seed: int = 2017
 
+    def __post_init__(self):
+        if not 1 <= self.min_size <= self.max_size <= self.image_size:
+            raise ValueError(
+                f"ShapesSpec: need 1 <= min_size ({self.min_size}) <= max_size "
+                f"({self.max_size}) <= image_size ({self.image_size})"
+            )
+
     def digest(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
