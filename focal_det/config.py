@@ -43,8 +43,8 @@ def add_focal_det_config(cfg: CN) -> CN:
     # Classification-loss normalizer: "num_fg" = foreground anchors in the batch, summed over
     # all workers (the paper); "ema" = Detectron2's moving average (momentum 0.9, start 100).
     _C.MODEL.FOCAL_DET.LOSS_NORMALIZER = "num_fg"
-    # Anchor-GT IoU matrices are computed in chunks of at most this many GT boxes (memory bound).
-    _C.MODEL.FOCAL_DET.MATCHER_CHUNK = 1024
+    # Images with more GT boxes than this match anchors in chunks of this many (bounds memory).
+    _C.MODEL.FOCAL_DET.MATCHER_CHUNK = 256
     return cfg
 
 

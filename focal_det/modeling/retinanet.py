@@ -22,7 +22,7 @@ from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
@@ -31,6 +31,7 @@ from ..bias_init import class_bias_value
 from ..config import LOSS_NORMALIZERS, check_choice, check_iou_thresholds, check_range
 from ..config import check_superseded_retinanet_keys
 from ..losses import build_cls_loss
+from .matching import match_in_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +63,21 @@ class FocalRetinaNet(RetinaNet):
     """RetinaNet (Lin et al. 2017) driven by focal_det's registered loss family."""
 
     @configurable
-    def __init__(self, *, cls_loss, loss_normalizer: str = "num_fg", **kwargs):
+    def __init__(self, *, cls_loss, loss_normalizer: str = "num_fg", matcher_chunk: int = 256,
+                 **kwargs):
         """
         Args:
             cls_loss: a loss object from ``focal_det.losses`` (see its registry's contract).
             loss_normalizer: "num_fg" or "ema" (see module docstring).
+            matcher_chunk: images with more GT boxes than this are matched to anchors in chunks
+                of this many boxes (bounded memory, same result).
             kwargs: everything :class:`detectron2.modeling.RetinaNet` takes.
         """
         super().__init__(**kwargs)
         check_choice("loss_normalizer", loss_normalizer, LOSS_NORMALIZERS)
+        if matcher_chunk < 1:
+            raise ValueError(f"MODEL.FOCAL_DET.MATCHER_CHUNK={matcher_chunk!r} must be >= 1")
+        self.matcher_chunk = matcher_chunk
         self.cls_loss = cls_loss
         self.normalizer_mode = loss_normalizer  # not `loss_normalizer`: the EMA state lives there
 
@@ -83,7 +90,30 @@ class FocalRetinaNet(RetinaNet):
         torch.nn.init.constant_(ret["head"].cls_score.bias, class_bias_value(cfg, cls_loss))
         ret["cls_loss"] = cls_loss
         ret["loss_normalizer"] = cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER
+        ret["matcher_chunk"] = cfg.MODEL.FOCAL_DET.MATCHER_CHUNK
         return ret
+
+    @torch.no_grad()
+    def label_anchors(self, anchors, gt_instances):
+        """As Detectron2's ``RetinaNet.label_anchors`` (labels (R,) in {-1, 0..K-1, K}, matched
+        boxes (R, 4)), with the IoU matrix computed in chunks of GT boxes when there are many."""
+        anchors = Boxes.cat(anchors)
+        gt_labels, matched_gt_boxes = [], []
+        for gt in gt_instances:
+            matched_idxs, anchor_labels = match_in_chunks(
+                self.anchor_matcher, gt.gt_boxes, anchors, self.matcher_chunk
+            )
+            if len(gt) > 0:
+                boxes_i = gt.gt_boxes.tensor[matched_idxs]
+                labels_i = gt.gt_classes[matched_idxs]
+                labels_i[anchor_labels == 0] = self.num_classes  # background
+                labels_i[anchor_labels == -1] = -1  # ignored
+            else:
+                boxes_i = torch.zeros_like(anchors.tensor)
+                labels_i = torch.zeros_like(matched_idxs) + self.num_classes
+            gt_labels.append(labels_i)
+            matched_gt_boxes.append(boxes_i)
+        return gt_labels, matched_gt_boxes
 
     def _normalizer(self, num_pos_anchors: int) -> float:
         if self.normalizer_mode == "ema":
