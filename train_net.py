@@ -10,6 +10,11 @@ import os
 import weakref
 
 import detectron2.utils.comm as comm
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
@@ -19,6 +24,7 @@ from focal_det.evaluation import FocalCOCOEvaluator
 from focal_det.checkpoint import FocalCheckpointer
 from focal_det.config import check_num_classes
 from focal_det.data import prepare_datasets
+from focal_det.data.checks import FocalDatasetMapper, sanitize_boxes
 
 logger = logging.getLogger("focal_det")
 
@@ -34,9 +40,18 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        loader = super().build_train_loader(cfg)  # loads the datasets, which sets their metadata
-        check_num_classes(cfg)
-        return loader
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        check_num_classes(cfg)  # loading the datasets has set their metadata
+        dataset = sanitize_boxes(dataset, cfg.DATASETS.TRAIN)
+        return build_detection_train_loader(cfg, mapper=FocalDatasetMapper(cfg, True),
+                                            dataset=dataset)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=FocalDatasetMapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

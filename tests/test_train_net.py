@@ -140,3 +140,24 @@ def test_concurrent_generation_is_safe(tmp_path):
     for im in data["images"]:
         assert cv2.imread(os.path.join(folders[0], im["file_name"])) is not None
     assert os.listdir(tmp_path) == [os.path.basename(folders[0])]  # no temporaries left
+
+
+def test_non_finite_loss_stops_training_naming_iteration_and_loss(tiny_dataset, tmp_path):
+    trainer = train_net.Trainer(train_net.setup(_args(tmp_path / "nan")))
+    trainer.resume_or_load(resume=False)
+    loss = trainer.model.cls_loss
+    calls = []
+
+    class NanFromSecondCall:
+        def __getattr__(self, name):
+            return getattr(loss, name)
+
+        def __call__(self, logits, labels):
+            calls.append(1)
+            value = loss(logits, labels)
+            return value * float("nan") if len(calls) >= 2 else value
+
+    trainer.model.cls_loss = NanFromSecondCall()
+    with pytest.raises(FloatingPointError, match=r"(?s)iteration=1.*loss_cls.*nan"):
+        trainer.train()
+    assert not os.path.exists(tmp_path / "nan" / "model_final.pth")

@@ -1,0 +1,63 @@
+"""Bad data in, clear messages out: unreadable images name the file and dataset; boxes with no
+area are dropped and boxes reaching outside their image are clipped, with one warning that
+counts them (per call), instead of crashing or producing NaN later."""
+import logging
+from typing import Dict, List, Sequence
+
+from detectron2.data import DatasetMapper
+from detectron2.structures import BoxMode
+
+logger = logging.getLogger(__name__)
+
+
+class ImageReadError(RuntimeError):
+    pass
+
+
+def sanitize_boxes(dataset_dicts: List[Dict], dataset_names: Sequence[str]) -> List[Dict]:
+    """Drop zero/negative-size boxes, clip boxes to their image; warn once with the counts."""
+    dropped = clipped = 0
+    out = []
+    for d in dataset_dicts:
+        h, w = d.get("height"), d.get("width")
+        annos = []
+        for a in d.get("annotations", []):
+            x0, y0, x1, y1 = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
+            if h is not None and w is not None:
+                cx0, cy0 = min(max(x0, 0.0), w), min(max(y0, 0.0), h)
+                cx1, cy1 = min(max(x1, 0.0), w), min(max(y1, 0.0), h)
+                if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1) and cx1 > cx0 and cy1 > cy0:
+                    clipped += 1
+                x0, y0, x1, y1 = cx0, cy0, cx1, cy1
+            if not (x1 > x0 and y1 > y0):
+                dropped += 1
+                continue
+            a = dict(a, bbox=[x0, y0, x1, y1], bbox_mode=BoxMode.XYXY_ABS)
+            annos.append(a)
+        if "annotations" in d:
+            d = dict(d, annotations=annos)
+        out.append(d)
+    if dropped or clipped:
+        logger.warning(
+            f"Datasets {list(dataset_names)}: dropped {dropped} box(es) with zero or negative "
+            f"size (after clipping), clipped {clipped} box(es) reaching outside their image."
+        )
+    return out
+
+
+class FocalDatasetMapper(DatasetMapper):
+    """Detectron2's DatasetMapper; a missing or unreadable image names the file and dataset."""
+
+    def __init__(self, cfg, is_train: bool = True, **kwargs):
+        super().__init__(cfg, is_train, **kwargs)
+        self.dataset_names = list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except (OSError, SyntaxError) as e:  # missing file, or PIL cannot decode it
+            name = dataset_dict.get("file_name", "<no file_name>")
+            raise ImageReadError(
+                f"Cannot read image {name!r} of dataset(s) {self.dataset_names}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
