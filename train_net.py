@@ -10,12 +10,19 @@ import os
 import weakref
 
 import detectron2.utils.comm as comm
+import torch
 from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    DefaultTrainer,
+    HookBase,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
@@ -25,8 +32,29 @@ from focal_det.checkpoint import FocalCheckpointer
 from focal_det.config import check_num_classes
 from focal_det.data import prepare_datasets
 from focal_det.data.checks import FocalDatasetMapper, sanitize_boxes
+from focal_det.data.resumable import PositionalDataset, PositionalSampler, SeededMapper
 
 logger = logging.getLogger("focal_det")
+
+
+class ResumeStateHook(HookBase):
+    """Checkpoints what Detectron2 does not: the torch RNG and RetinaNet's EMA loss normalizer
+    (a plain attribute), so that a resumed run continues the uninterrupted one."""
+
+    def _model(self):
+        model = self.trainer.model
+        return model.module if hasattr(model, "module") else model
+
+    def state_dict(self):
+        state = {"torch_rng": torch.get_rng_state()}
+        if hasattr(self._model(), "loss_normalizer"):
+            state["ema_loss_normalizer"] = float(self._model().loss_normalizer)
+        return state
+
+    def load_state_dict(self, state):
+        torch.set_rng_state(state["torch_rng"])
+        if "ema_loss_normalizer" in state:
+            self._model().loss_normalizer = state["ema_loss_normalizer"]
 
 
 class Trainer(DefaultTrainer):
@@ -36,17 +64,46 @@ class Trainer(DefaultTrainer):
         self.checkpointer = FocalCheckpointer(
             self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        return super().build_hooks()
+        return super().build_hooks() + [ResumeStateHook()]
 
     @classmethod
-    def build_train_loader(cls, cfg):
+    def build_train_loader(cls, cfg, start_position: int = 0):
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
         check_num_classes(cfg)  # loading the datasets has set their metadata
         dataset = sanitize_boxes(dataset, cfg.DATASETS.TRAIN)
-        return build_detection_train_loader(cfg, mapper=FocalDatasetMapper(cfg, True),
-                                            dataset=dataset)
+        mapper = FocalDatasetMapper(cfg, True)
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":  # e.g. repeat-factor sampling
+            return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+        # Exactly resumable stream (focal_det.data.resumable), otherwise as TrainingSampler.
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return build_detection_train_loader(
+            cfg, mapper=SeededMapper(mapper, seed), dataset=PositionalDataset(dataset, seed),
+            sampler=PositionalSampler(start_position),
+        )
+
+    # Detectron2 v0.6's DefaultTrainer does not checkpoint its SimpleTrainer (the optimizer:
+    # momentum buffers), so --resume restarted SGD momentum; later Detectron2 adds "_trainer".
+    def state_dict(self):
+        ret = super().state_dict()
+        ret.setdefault("_trainer", self._trainer.state_dict())
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0 and self.cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            # Continue the data stream where the checkpointed run was, not at its beginning.
+            loader = self.build_train_loader(
+                self.cfg, start_position=self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
+            )
+            self._trainer.data_loader = loader
+            self._trainer._data_loader_iter = iter(loader)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -47,15 +47,28 @@ def _cfg_args(out):
     return train_net.get_parser().parse_args(argv)
 
 
-def test_sanitize_counts_drops_and_clips_once(caplog):
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_sanitize_counts_drops_and_clips_once():
     dicts = [{"file_name": "x.jpg", "height": 50, "width": 60, "annotations": [
         _box(10, 10, 10, 30), _box(5, 5, 2, 9), _box(-5, 10, 20, 80), _box(70, 70, 90, 90),
         _box(1, 1, 20, 20)]}]
-    with caplog.at_level(logging.WARNING):
+    collect = _Collect()  # our loggers may not propagate to root (Detectron2's setup_logger)
+    logging.getLogger("focal_det.data.checks").addHandler(collect)
+    try:
         out = sanitize_boxes(dicts, ["ds"])
+    finally:
+        logging.getLogger("focal_det.data.checks").removeHandler(collect)
     boxes = [a["bbox"] for a in out[0]["annotations"]]
     assert boxes == [[0.0, 10, 20, 50], [1, 1, 20, 20]]
-    warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
+    warnings = [r for r in collect.records if "dropped" in r.getMessage()]
     assert len(warnings) == 1
     assert "dropped 3 box(es)" in warnings[0].getMessage()
     assert "clipped 1 box(es)" in warnings[0].getMessage()

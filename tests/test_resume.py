@@ -1,0 +1,84 @@
+"""Kill training with SIGKILL at several points, resume, and end with exactly the weights of an
+uninterrupted run (CPU): iteration, optimizer, scheduler, data stream and augmentations all
+continue where the last complete checkpoint left them."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from tests.common import CONFIGS, REPO
+
+RUNNER = r"""
+import os, sys
+sys.path.insert(0, {repo!r})
+from detectron2.data.datasets import register_coco_instances
+import train_net
+from focal_det.data import ShapesSpec, ensure_generated
+spec = ShapesSpec(num_train=12, num_val=2, image_size=64, max_objects=4, min_size=12, max_size=40)
+folder = ensure_generated(spec, root={data!r})
+register_coco_instances("resume_train", {{}}, os.path.join(folder, "train.json"), folder)
+args = train_net.get_parser().parse_args(sys.argv[1:])
+train_net.main(args)
+"""
+
+MAX_ITER = 10
+
+
+def _command(tmp_path, out, resume):
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER.format(repo=REPO, data=str(tmp_path / "data")))
+    return [sys.executable, str(script),
+            "--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
+            *(["--resume"] if resume else []), "--vis-images", "-1",
+            "OUTPUT_DIR", str(out), "DATASETS.TRAIN", "('resume_train',)", "DATASETS.TEST", "()",
+            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(MAX_ITER),
+            "SOLVER.WARMUP_ITERS", "3", "SOLVER.STEPS", "(7,)", "SOLVER.CHECKPOINT_PERIOD", "2",
+            "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "1", "SEED", "7",
+            "MODEL.FOCAL_DET.LOSS_NORMALIZER", "ema"]
+
+
+def _run_until_killed(cmd, out, checkpoints_seen, extra_delay):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = [f for f in os.listdir(out) if f.startswith("model_0")] if out.exists() else []
+        if len(done) >= checkpoints_seen:
+            time.sleep(extra_delay)
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _final_weights(out):
+    return torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
+    ref = tmp_path / "uninterrupted"
+    subprocess.run(_command(tmp_path, ref, resume=False), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    out = tmp_path / "killed"
+    _run_until_killed(_command(tmp_path, out, resume=False), out, 1, 0.0)
+    _run_until_killed(_command(tmp_path, out, resume=True), out, 2, 0.15)
+    _run_until_killed(_command(tmp_path, out, resume=True), out, 3, 0.05)
+    assert not (out / "model_final.pth").exists(), "a kill came too late to test anything"
+    last = (out / "last_checkpoint").read_text()
+    ckpt = torch.load(out / last, map_location="cpu", weights_only=True)
+    assert 0 < ckpt["iteration"] < MAX_ITER - 1
+    subprocess.run(_command(tmp_path, out, resume=True), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    starts = [int(line.rsplit(" ", 1)[1]) for line in open(out / "log.txt")
+              if "Starting training from iteration" in line]
+    assert starts[0] == 0 and len(set(starts[1:])) >= 2 and all(s > 0 for s in starts[1:])
+
+    a, b = _final_weights(ref), _final_weights(out)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
