@@ -28,6 +28,7 @@ from detectron2.utils.logger import setup_logger
 
 import focal_det
 from focal_det.evaluation import FocalCOCOEvaluator
+from focal_det.utils.ddp import cpu_ddp_support
 from focal_det.checkpoint import FocalCheckpointer
 from focal_det.config import check_num_classes
 from focal_det.data import prepare_datasets
@@ -58,6 +59,10 @@ class ResumeStateHook(HookBase):
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        with cpu_ddp_support():  # lets several CPU processes (gloo) train too
+            super().__init__(cfg)
+
     def build_hooks(self):
         # DefaultTrainer made a DetectionCheckpointer just before calling this; swap in ours
         # (atomic saves, code-free loading) before the checkpoint hook captures it.
