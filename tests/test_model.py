@@ -245,3 +245,25 @@ def test_thousands_of_gt_boxes_match_in_bounded_memory():
     # Chunks of 64 GT boxes: temporaries of pairwise_iou on 64 x 45k (~30 B/entry) = ~90 MB.
     peak = peak_extra_bytes(lambda: match_in_chunks(model.anchor_matcher, gt, anchors, 64))
     assert peak < 200e6, f"peak extra memory {peak / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("MODEL.RETINANET.IOU_THRESHOLDS", [0.5, 0.4], r"IOU_THRESHOLDS=\[0.5, 0.4\].*increasing"),
+    ("MODEL.RETINANET.IOU_THRESHOLDS", [0.4, 1.5], r"IOU_THRESHOLDS.*\[0, 1\]"),
+    ("MODEL.RETINANET.SCORE_THRESH_TEST", 1.5, r"SCORE_THRESH_TEST=1.5.*\[0.0, 1.0\]"),
+    ("MODEL.RETINANET.SCORE_THRESH_TEST", -0.1, r"SCORE_THRESH_TEST=-0.1"),
+    ("MODEL.ANCHOR_GENERATOR.SIZES", [[32], [64], [128]], r"SIZES=.*3 entries.*5 levels"),
+    ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[1.0], [2.0]], r"ASPECT_RATIOS=.*2 entries"),
+    ("MODEL.FOCAL_DET.LOSS_NORMALIZER", "batch", r"LOSS_NORMALIZER='batch'.*num_fg.*ema"),
+    ("MODEL.FOCAL_DET.MATCHER_CHUNK", 0, r"MATCHER_CHUNK=0"),
+    ("MODEL.FOCAL_DET.HEAD.BIAS_INIT", "Random", r"BIAS_INIT='Random'.*PriorProb"),
+])
+def test_invalid_configs_name_key_value_and_allowed(key, value, match):
+    cfg = get_tiny_cfg()
+    node = cfg
+    *path, last = key.split(".")
+    for p in path:
+        node = node[p]
+    node[last] = value
+    with pytest.raises(ValueError, match=match):
+        build_model(cfg)

@@ -161,3 +161,16 @@ def test_non_finite_loss_stops_training_naming_iteration_and_loss(tiny_dataset, 
     with pytest.raises(FloatingPointError, match=r"(?s)iteration=1.*loss_cls.*nan"):
         trainer.train()
     assert not os.path.exists(tmp_path / "nan" / "model_final.pth")
+
+
+@pytest.mark.parametrize("clip_type", ["value", "norm"])
+def test_gradient_clipping_trains_with_our_model(tiny_dataset, tmp_path, clip_type):
+    args = _args(tmp_path / clip_type, opts=["SOLVER.CLIP_GRADIENTS.ENABLED", "True",
+                                             "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", clip_type,
+                                             "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.01",
+                                             "SOLVER.MAX_ITER", "2"])
+    trainer = train_net.Trainer(train_net.setup(args))
+    assert "Clip" in type(trainer.optimizer).__name__  # Detectron2 wraps the optimizer
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
