@@ -121,7 +121,27 @@ class Trainer(DefaultTrainer):
         return FocalCOCOEvaluator(dataset_name, output_dir=output_folder)
 
 
+def register_coco_datasets(specs) -> None:
+    """``--register-coco NAME JSON IMAGE_ROOT`` (repeatable): a COCO-format dataset of your own,
+    registered in every process before the config refers to it by NAME."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    for name, json_file, image_root in specs or ():
+        if not os.path.isfile(json_file):
+            raise FileNotFoundError(f"--register-coco {name}: annotation file {json_file!r} "
+                                    "does not exist")
+        if not os.path.isdir(image_root):
+            raise FileNotFoundError(f"--register-coco {name}: image folder {image_root!r} "
+                                    "does not exist")
+        if name in DatasetCatalog.list():
+            raise ValueError(f"--register-coco {name}: a dataset with this name is already "
+                             "registered (pick another name)")
+        register_coco_instances(name, {}, json_file, image_root)
+
+
 def setup(args):
+    register_coco_datasets(getattr(args, "register_coco", None))
     cfg = focal_det.get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
@@ -170,6 +190,10 @@ def get_parser():
     parser.add_argument("--vis-images", type=int, default=0,
                         help="after training, draw predictions on this many test images "
                              "(and always the training curves); -1 draws nothing")
+    parser.add_argument("--register-coco", nargs=3, action="append",
+                        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                        help="register a COCO-format dataset under NAME (repeatable); then "
+                             "use it in DATASETS.TRAIN / DATASETS.TEST")
     return parser
 
 
