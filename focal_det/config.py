@@ -45,6 +45,11 @@ def add_focal_det_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL_DET.LOSS_NORMALIZER = "num_fg"
     # Images with more GT boxes than this match anchors in chunks of this many (bounds memory).
     _C.MODEL.FOCAL_DET.MATCHER_CHUNK = 256
+    # Speed switches (benchmarks/bench_model.py measures them; outputs match either way).
+    # Fold FrozenBN (train and test) and BN (test) into the preceding conv, parameters unchanged.
+    _C.MODEL.FOCAL_DET.FOLD_NORMS = True
+    # Channels-last weights and inputs (can help convolutions on some CPUs and on tensor cores).
+    _C.MODEL.FOCAL_DET.CHANNELS_LAST = False
     return cfg
 
 

@@ -8,6 +8,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from focal_det.modeling import FocalRetinaNet
+from focal_det.modeling.fold import unfold_norms
 from tests.common import get_tiny_cfg, random_batch
 
 
@@ -54,9 +55,31 @@ def test_training_losses_and_gradients_match_detectron2(num_classes, seed, size)
         assert err < 1e-4, f"{name}: relative gradient error {err:.2e}"
 
 
-def test_eval_detections_match_detectron2():
+def _distinct_scores(ours, theirs, batch, logit_std=2.0):
+    """Perturbed random weights saturate the sigmoid (every score 1.0): with all scores tied,
+    which k candidates survive top-k is arbitrary in Detectron2 too. Scale the class conv so the
+    logits spread ~N(-1, logit_std): distinct scores, many above the 0.05 threshold, some not."""
+    theirs.eval()
+    with torch.no_grad():
+        images = theirs.preprocess_image(copy.deepcopy(batch))
+        features = theirs.backbone(images.tensor)
+        logits = theirs.head([features[f] for f in theirs.head_in_features])[0]
+        spread = torch.cat([x.flatten() for x in logits]).add(1.0).std()
+        theirs.head.cls_score.weight.mul_(logit_std / spread)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+
+
+# Folding BN into the conv (FOLD_NORMS, on by default) rounds differently in float32: through
+# this random-weight net, whose activations reach 1e3-1e4, boxes then move by up to ~1e-4 of
+# their coordinates. Without folding, the strict tolerances hold; with it, a relative one does
+# (still far below the pixel-sized errors of a wrong anchor, delta or threshold).
+@pytest.mark.parametrize("fold,box_rtol,score_atol", [(False, 0, 1e-5), (True, 2e-4, 1e-4)])
+def test_eval_detections_match_detectron2(fold, box_rtol, score_atol):
     ours, theirs = _pair(5, 2)
+    if not fold:
+        unfold_norms(ours)
     batch = random_batch(2, 5, size=(90, 123), seed=2)
+    _distinct_scores(ours, theirs, batch)
     ours.eval()
     theirs.eval()
     with torch.no_grad():
@@ -67,7 +90,8 @@ def test_eval_detections_match_detectron2():
         a, b = a["instances"], b["instances"]
         assert len(a) == len(b)
         total += len(a)
-        torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=0, atol=1e-3)
+        torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=box_rtol,
+                                   atol=1e-3)
         assert torch.equal(a.pred_classes, b.pred_classes)
-        torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
+        torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=score_atol)
     assert total > 0, "the comparison must cover some detections"
