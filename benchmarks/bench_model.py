@@ -3,10 +3,14 @@
 
 R50-FPN, 80 classes, random init copied from one model into the other. Interleaved medians of:
 a training step (forward, backward, SGD step) at batch 2, 640x640 on CPU (batch 8, 800x1333 on
-GPU); inference latency per image at the same size; peak memory of a training step (RSS growth
-on CPU, max_memory_allocated on GPU); and the phases inside a training step (backbone+FPN, head,
-anchor labeling, losses, backward). Prints JSON. Asserts nothing about time; exits non-zero only
-if the two models' losses or detections differ.
+GPU); inference latency per image at the same size, with "dense" scores (every anchor above the
+0.05 threshold) and "sparse" ones (~1%, like a trained model); peak memory of two training steps
+(RSS growth in a fresh process per model on CPU, max_memory_allocated on GPU); and the phases inside a training step
+(backbone+FPN, head, anchor labeling, losses, backward). FocalRetinaNet runs with its default
+switches and, as a variant, with MODEL.FOCAL_DET.CHANNELS_LAST; torchvision's
+retinanet_resnet50_fpn (random init, not the same weights) is timed alongside as a reference.
+Prints JSON. Asserts nothing about time; exits non-zero only if the models' losses or
+detections differ.
 
 Usage: python benchmarks/bench_model.py [--repeats 3] [--device cpu|cuda]
 """
@@ -26,7 +30,9 @@ from _common import interleaved, peak_extra_bytes  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_pair(device):
+def build_pair(device, **focal_det_keys):
+    """FocalRetinaNet (with ``MODEL.FOCAL_DET.<key>=value`` where this version has the key)
+    and Detectron2's RetinaNet, same R50-FPN weights."""
     from detectron2.modeling import build_model
 
     import focal_det
@@ -35,17 +41,41 @@ def build_pair(device):
     cfg.merge_from_file(os.path.join(REPO, "configs", "retinanet_R50_FPN_1x.yaml"))
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device
+    for key, value in focal_det_keys.items():
+        if key in cfg.MODEL.FOCAL_DET:
+            cfg.MODEL.FOCAL_DET[key] = value
     torch.manual_seed(0)
     ours = build_model(cfg)
     d2_cfg = cfg.clone()
     d2_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     theirs = build_model(d2_cfg)
-    with torch.no_grad():  # random-init features are huge: tame the logits so that many
-        theirs.head.cls_score.weight.normal_(0, 1e-9)  # anchors score above 0.05, distinct scores
-        theirs.head.cls_score.bias.fill_(-2.0)
+    with torch.no_grad():
         theirs.head.bbox_pred.weight.normal_(0, 1e-9)  # boxes near their anchors, not off-image
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return ours, theirs
+
+
+# Logit distributions of the class conv at inference: "dense" puts ~every score above
+# SCORE_THRESH_TEST (0.05), as untrained or badly calibrated models do, the worst case for
+# post-processing; "sparse" puts ~1% of them above it, closer to a trained detector.
+SCORE_SCENARIOS = {"dense": (0.5, 0.5), "sparse": (1.5, -6.43)}  # (logit std, logit mean)
+
+
+def set_scores(models, image, scenario):
+    """Scale the shared class conv so that logits on ``image`` are ~N(mean, std)."""
+    std, mean = SCORE_SCENARIOS[scenario]
+    ref = models[0]
+    with torch.no_grad():
+        ref.eval()
+        feats = ref.backbone(ref.preprocess_image([{"image": image}]).tensor)
+        head = ref.head
+        head.cls_score.weight.normal_(0, 1.0)
+        head.cls_score.bias.zero_()
+        logits = torch.cat([x.flatten() for x in head([feats[f] for f in ref.head_in_features])[0]])
+        head.cls_score.weight.mul_(std / logits.std())
+        head.cls_score.bias.fill_(mean)
+        for m in models[1:]:
+            m.head.cls_score.load_state_dict(head.cls_score.state_dict())
 
 
 def make_batch(n, h, w, device, seed=0):
@@ -107,48 +137,99 @@ def phases(model, batch, sync):
     return {n: t[i + 1] - t[i] for i, n in enumerate(names)}
 
 
-def check_parity(ours, theirs, train_batch, infer_batch):
+def same_detections(a, b):
+    return len(a) == len(b) and (len(a) == 0 or (
+        torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3, rtol=2e-4)
+        and torch.equal(a.pred_classes, b.pred_classes)
+        and torch.allclose(a.scores, b.scores, atol=1e-5, rtol=0)))
+
+
+def detect(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(batch)[0]["instances"]
+
+
+def check_losses(ours, theirs, train_batch):
     ours_c, theirs_c = copy.deepcopy(ours), copy.deepcopy(theirs)
     l1 = train_step(ours_c, torch.optim.SGD(ours_c.parameters(), lr=0.0), train_batch)
     l2 = train_step(theirs_c, torch.optim.SGD(theirs_c.parameters(), lr=0.0), train_batch)
     ok = all(abs(l1[k] - l2[k]) <= 1e-5 * max(abs(l2[k]), 1e-12) for k in l2)
-    ours.eval()
-    theirs.eval()
-    with torch.no_grad():
-        a = ours(infer_batch)[0]["instances"]
-        b = theirs(infer_batch)[0]["instances"]
-    same = len(a) == len(b) and (len(a) == 0 or (
-        torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3, rtol=0)
-        and torch.equal(a.pred_classes, b.pred_classes)))
-    return {"losses_ours": l1, "losses_detectron2": l2, "losses_match": ok,
-            "detections": len(a), "detections_match": bool(same)}
+    return {"losses_ours": l1, "losses_detectron2": l2, "losses_match": ok}
 
 
-def run(device, repeats):
+def torchvision_retinanet(device, n, h, w):
+    """torchvision's retinanet_resnet50_fpn (random init, 80 classes, no resize at this size,
+    100 detections per image): a reference users know, not the same weights."""
+    from torchvision.models.detection import retinanet_resnet50_fpn
+
+    torch.manual_seed(0)
+    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=80,
+                                   min_size=min(h, w), max_size=max(h, w),
+                                   detections_per_img=100).to(device)
+    batch = make_batch(n, h, w, device)
+    images = [b["image"] / 255.0 for b in batch]
+    targets = [{"boxes": b["instances"].gt_boxes.tensor, "labels": b["instances"].gt_classes}
+               for b in batch]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+
+    def step():
+        model.train()
+        losses = model(images, targets)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(images[:1])
+
+    return step, infer
+
+
+def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
     if device == "cpu":
-        n, h, w = 2, 640, 640
+        n, h, w = cpu_size
         sync = lambda: None  # noqa: E731
     else:
         n, h, w = 8, 800, 1333
         sync = torch.cuda.synchronize
     ours, theirs = build_pair(device)
+    models = {"focal_det": ours, "detectron2": theirs}
+    ours_cl, _ = build_pair(device, CHANNELS_LAST=True)
+    if getattr(ours_cl, "channels_last", False):  # this version has the switch
+        models["focal_det_channels_last"] = ours_cl
     train_batch = make_batch(n, h, w, device)
     infer_batch = [{"image": b["image"]} for b in make_batch(1, h, w, device, seed=1)]
-    parity = check_parity(ours, theirs, train_batch, infer_batch)
+    set_scores(list(models.values()), infer_batch[0]["image"], "sparse")
+    for m in models.values():
+        if m is not theirs:
+            m.load_state_dict(theirs.state_dict(), strict=True)
+    parity = check_losses(ours, theirs, train_batch)
+    initial = copy.deepcopy(theirs.state_dict())
 
-    opt = {m: torch.optim.SGD(m.parameters(), lr=1e-6, momentum=0.9) for m in (ours, theirs)}
-    train = interleaved({
-        "focal_det": lambda: train_step(ours, opt[ours], train_batch),
-        "detectron2": lambda: train_step(theirs, opt[theirs], train_batch),
-    }, repeats, sync=sync)
+    opt = {k: torch.optim.SGD(m.parameters(), lr=1e-6, momentum=0.9) for k, m in models.items()}
+    fns = {k: (lambda k=k, m=m: train_step(m, opt[k], train_batch)) for k, m in models.items()}
+    if with_torchvision:
+        tv_step, tv_infer = torchvision_retinanet(device, n, h, w)
+        fns["torchvision"] = tv_step
+    train = interleaved(fns, repeats, sync=sync)
 
-    def infer(model):
-        model.eval()
-        with torch.no_grad():
-            model(infer_batch)
+    inference = {}
+    for m in models.values():  # training steps rounded differently: same weights again
+        m.load_state_dict(initial, strict=True)
+    for scenario in SCORE_SCENARIOS:
+        set_scores(list(models.values()), infer_batch[0]["image"], scenario)
+        ref = detect(theirs, infer_batch)
+        parity[f"detections_{scenario}"] = len(ref)
+        parity[f"detections_match_{scenario}"] = all(
+            same_detections(detect(m, infer_batch), ref) for m in models.values())
+        fns = {k: (lambda m=m: detect(m, infer_batch)) for k, m in models.items()}
+        if with_torchvision:
+            fns["torchvision"] = tv_infer
+        inference[scenario] = interleaved(fns, max(repeats, 5), sync=sync)
 
-    inference = interleaved({"focal_det": lambda: infer(ours), "detectron2": lambda: infer(theirs)},
-                            max(repeats, 5), sync=sync)
     phase = {"focal_det": [], "detectron2": []}
     for _ in range(repeats):
         phase["focal_det"].append(phases(ours, train_batch, sync))
@@ -156,37 +237,75 @@ def run(device, repeats):
     phase = {k: {p: sorted(r[p] for r in v)[len(v) // 2] for p in v[0]} for k, v in phase.items()}
 
     memory = {}
-    for name, model in (("focal_det", ours), ("detectron2", theirs)):
+    for name, model in models.items():
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            train_step(model, opt[model], train_batch)
+            train_step(model, opt[name], train_batch)
             memory[name] = torch.cuda.max_memory_allocated() - base
-        else:
-            memory[name] = peak_extra_bytes(lambda: train_step(model, opt[model], train_batch))
-    ratio = lambda d: d["focal_det"]["median_s"] / d["detectron2"]["median_s"]  # noqa: E731
+        else:  # a fresh process per model: RSS is not shared with the others' freed memory
+            memory[name] = memory_in_subprocess(name, (n, h, w))
+
+    def ratio(d, ours="focal_det"):
+        return d[ours]["median_s"] / d["detectron2"]["median_s"] if ours in d else None
+
+    ratios = {"train_step": ratio(train),
+              "train_step_channels_last": ratio(train, "focal_det_channels_last")}
+    for scenario, d in inference.items():
+        ratios[f"inference_{scenario}"] = ratio(d)
+        ratios[f"inference_{scenario}_channels_last"] = ratio(d, "focal_det_channels_last")
+    ratios["peak_train_memory"] = memory["focal_det"] / max(memory["detectron2"], 1)
     return {
         "device": device, "batch": n, "size": [h, w], "threads": torch.get_num_threads(),
-        "repeats": repeats, "parity": parity,
-        "train_step": train, "inference_per_image": inference,
-        "train_phases_median_s": phase, "peak_train_memory_bytes": memory,
-        "ratios_ours_over_detectron2": {
-            "train_step": ratio(train), "inference": ratio(inference),
-            "peak_train_memory": memory["focal_det"] / max(memory["detectron2"], 1),
-        },
+        "repeats": repeats, "parity": parity, "train_step": train,
+        "inference_per_image": inference, "train_phases_median_s": phase,
+        "peak_train_memory_bytes": memory, "ratios_ours_over_detectron2": ratios,
     }
+
+
+def memory_worker(name, cpu_size):
+    """In a fresh process: build the model, then report the peak RSS growth over two training
+    steps (allocator caches included: what the machine has to provide)."""
+    n, h, w = cpu_size
+    keys = {"CHANNELS_LAST": True} if name == "focal_det_channels_last" else {}
+    ours, theirs = build_pair("cpu", **keys)
+    model = theirs if name == "detectron2" else ours
+    batch = make_batch(n, h, w, "cpu")
+    set_scores([model], make_batch(1, h, w, "cpu", seed=1)[0]["image"], "sparse")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+    del ours, theirs
+    extra = peak_extra_bytes(lambda: [train_step(model, opt, batch) for _ in range(2)])
+    print(json.dumps({"peak_extra_bytes": extra}))
+
+
+def memory_in_subprocess(name, cpu_size):
+    import subprocess
+
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-worker", name,
+                          "--cpu-size", *map(str, cpu_size)], check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_extra_bytes"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--no-torchvision", action="store_true",
+                        help="skip torchvision's retinanet_resnet50_fpn reference")
+    parser.add_argument("--cpu-size", type=int, nargs=3, default=[2, 640, 640],
+                        metavar=("BATCH", "H", "W"), help="CPU batch and image size")
+    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_worker:
+        return memory_worker(args.memory_worker, tuple(args.cpu_size))
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
-    results = [run(d, args.repeats) for d in devices]
+    results = [run(d, args.repeats, not args.no_torchvision, tuple(args.cpu_size))
+               for d in devices]
     print(json.dumps({"torch": torch.__version__, "results": results}, indent=2))
-    if not all(r["parity"]["losses_match"] and r["parity"]["detections_match"] for r in results):
+    if not all(v for r in results for k, v in r["parity"].items()
+               if k == "losses_match" or k.startswith("detections_match")):
         sys.exit("FocalRetinaNet and Detectron2's RetinaNet disagree (see parity above)")
 
 

@@ -18,10 +18,12 @@ from tests.common import get_tiny_cfg, random_batch
 
 
 def _model(norm="FrozenBN", fold=True, channels_last=False, seed=0):
+    """Built without channels-last, converted after the weights are set: in-place random
+    fills follow memory order, so they would give other weights in channels-last."""
     cfg = get_tiny_cfg(3)
     cfg.MODEL.RESNETS.NORM = norm
     cfg.MODEL.FOCAL_DET.FOLD_NORMS = fold
-    cfg.MODEL.FOCAL_DET.CHANNELS_LAST = channels_last
+    cfg.MODEL.FOCAL_DET.CHANNELS_LAST = False
     torch.manual_seed(seed)
     model = build_model(cfg)
     with torch.no_grad():  # non-identity norms, so that folding has something to fold
@@ -31,6 +33,9 @@ def _model(norm="FrozenBN", fold=True, channels_last=False, seed=0):
                 m.bias.uniform_(-0.2, 0.2)
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        model.channels_last = True
     return model
 
 
@@ -116,6 +121,19 @@ def test_bn_is_not_folded_in_training_mode():
     assert conv.norm.num_batches_tracked.item() == 1
 
 
+def test_channels_last_config_switch():
+    cfg = get_tiny_cfg(3)
+    assert cfg.MODEL.FOCAL_DET.CHANNELS_LAST  # default on (benchmarks/bench_model.py)
+    model = build_model(cfg)
+    assert model.backbone.bottom_up.stem.conv1.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    images = model.preprocess_image([{"image": torch.rand(3, 64, 96) * 255}])
+    assert images.tensor.is_contiguous(memory_format=torch.channels_last)
+    cfg.MODEL.FOCAL_DET.CHANNELS_LAST = False
+    model = build_model(cfg)
+    assert model.backbone.bottom_up.stem.conv1.weight.is_contiguous()
+
+
 def test_channels_last_gives_the_same_detections():
     a = _model("FrozenBN", channels_last=False).eval()
     b = _model("FrozenBN", channels_last=True).eval()
@@ -162,3 +180,29 @@ def test_batched_decoding_equals_detectron2_per_level_decoding(topk, thresh):
                                    atol=1e-5)
     if thresh < 0.5:
         assert sum(len(r) for r in ours) > 0
+
+
+def test_channels_last_training_is_the_same_computation_in_float64():
+    """Same losses and gradients with and without channels-last, in float64 (in float32 the
+    different summation order shows up, amplified by this random net's BN backward)."""
+    results = []
+    for channels_last in (False, True):
+        model = _model("BN").to(torch.float64)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+            model.channels_last = True
+        batch = random_batch(2, 3, size=(64, 96), seed=4)
+        for b in batch:
+            b["image"] = b["image"].double()
+        model.train()
+        with EventStorage():
+            losses = model(batch)
+        sum(losses.values()).backward()
+        results.append((losses, {n: p.grad for n, p in model.named_parameters()
+                                 if p.grad is not None}))
+    (la, ga), (lb, gb) = results
+    for k in la:
+        torch.testing.assert_close(la[k], lb[k], rtol=1e-10, atol=0)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        _rel_close(gb[n], ga[n], 1e-10)
