@@ -4,10 +4,11 @@
 R50-FPN, 80 classes, random init copied from one model into the other. Interleaved medians of:
 a training step (forward, backward, SGD step) at batch 2, 640x640 on CPU (batch 8, 800x1333 on
 GPU); inference latency per image at the same size, with "dense" scores (every anchor above the
-0.05 threshold) and "sparse" ones (~1%, like a trained model); peak memory of two training steps
-(RSS growth in a fresh process per model on CPU, max_memory_allocated on GPU); and the phases inside a training step
-(backbone+FPN, head, anchor labeling, losses, backward). FocalRetinaNet runs with its default
-switches and, as a variant, with MODEL.FOCAL_DET.CHANNELS_LAST; torchvision's
+0.05 threshold) and "sparse" ones (~1%, like a trained model); peak memory of two training
+steps (RSS growth in a fresh process per model on CPU, max_memory_allocated on GPU); and the
+phases inside a training step (backbone+FPN, head, anchor labeling, losses, backward).
+FocalRetinaNet runs with its default switches and, as a variant, with
+MODEL.FOCAL_DET.CHANNELS_LAST off; torchvision's
 retinanet_resnet50_fpn (random init, not the same weights) is timed alongside as a reference.
 Prints JSON. Asserts nothing about time; exits non-zero only if the models' losses or
 detections differ.
@@ -197,9 +198,9 @@ def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
         sync = torch.cuda.synchronize
     ours, theirs = build_pair(device)
     models = {"focal_det": ours, "detectron2": theirs}
-    ours_cl, _ = build_pair(device, CHANNELS_LAST=True)
-    if getattr(ours_cl, "channels_last", False):  # this version has the switch
-        models["focal_det_channels_last"] = ours_cl
+    variant, _ = build_pair(device, CHANNELS_LAST=False)
+    if hasattr(variant, "channels_last"):  # this version has the switch (default on)
+        models["focal_det_channels_first"] = variant
     train_batch = make_batch(n, h, w, device)
     infer_batch = [{"image": b["image"]} for b in make_batch(1, h, w, device, seed=1)]
     set_scores(list(models.values()), infer_batch[0]["image"], "sparse")
@@ -250,11 +251,14 @@ def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
         return d[ours]["median_s"] / d["detectron2"]["median_s"] if ours in d else None
 
     ratios = {"train_step": ratio(train),
-              "train_step_channels_last": ratio(train, "focal_det_channels_last")}
+              "train_step_channels_first": ratio(train, "focal_det_channels_first")}
     for scenario, d in inference.items():
         ratios[f"inference_{scenario}"] = ratio(d)
-        ratios[f"inference_{scenario}_channels_last"] = ratio(d, "focal_det_channels_last")
+        ratios[f"inference_{scenario}_channels_first"] = ratio(d, "focal_det_channels_first")
     ratios["peak_train_memory"] = memory["focal_det"] / max(memory["detectron2"], 1)
+    if "focal_det_channels_first" in memory:
+        ratios["peak_train_memory_channels_first"] = (
+            memory["focal_det_channels_first"] / max(memory["detectron2"], 1))
     return {
         "device": device, "batch": n, "size": [h, w], "threads": torch.get_num_threads(),
         "repeats": repeats, "parity": parity, "train_step": train,
@@ -267,7 +271,7 @@ def memory_worker(name, cpu_size):
     """In a fresh process: build the model, then report the peak RSS growth over two training
     steps (allocator caches included: what the machine has to provide)."""
     n, h, w = cpu_size
-    keys = {"CHANNELS_LAST": True} if name == "focal_det_channels_last" else {}
+    keys = {"CHANNELS_LAST": False} if name == "focal_det_channels_first" else {}
     ours, theirs = build_pair("cpu", **keys)
     model = theirs if name == "detectron2" else ours
     batch = make_batch(n, h, w, "cpu")

@@ -127,3 +127,15 @@ def test_loss_distribution_concentrates_negative_loss_as_gamma_grows():
     assert torch.allclose(cdf, torch.tensor([0.0, 0.125, 0.5, 1.0], dtype=torch.float64))
     assert loss_distribution.hardest_share(cdf, 0.25) == pytest.approx(0.5)
     assert loss_distribution.half_loss_fraction(cdf) == pytest.approx(0.5)
+
+
+def test_register_coco_errors_name_the_flag_and_file(coco, tmp_path):
+    import train_net
+
+    with pytest.raises(FileNotFoundError, match="--register-coco x: annotation file .*nope.json"):
+        train_net.register_coco_datasets([["x", str(tmp_path / "nope.json"), str(tmp_path)]])
+    with pytest.raises(FileNotFoundError, match="--register-coco x: image folder"):
+        train_net.register_coco_datasets([["x", coco[2], str(tmp_path / "missing")]])
+    train_net.register_coco_datasets([["twice", coco[2], coco[3]]])
+    with pytest.raises(ValueError, match="--register-coco twice: a dataset with this name"):
+        train_net.register_coco_datasets([["twice", coco[2], coco[3]]])

@@ -38,7 +38,8 @@ def collect_logits(cfg, model, dataset_name: str, num_images: int,
     """Logits of positive samples (all) and negative samples (a uniform random subset of at most
     ``max_negatives_per_image`` per image), over the first ``num_images`` images."""
     import detectron2.data.transforms as T
-    from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
+    from detectron2.data import (DatasetMapper, build_detection_test_loader,
+                                 get_detection_dataset_dicts)
 
     dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)[:num_images]
     if not dicts:
