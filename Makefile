@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.focal_det-installed
 DEMO_OUT ?= output/demo
 
-.PHONY: demo test test-slow env bench plots clean-venv
+.PHONY: demo test test-slow env bench bench-model plots ablate loss-distribution clean-venv
 
 # Re-installs only when the pins, the Detectron2 installer or setup.py change.
 $(STAMP): requirements.txt tools/install_detectron2.py setup.py
@@ -34,6 +34,17 @@ env: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_losses.py
+
+bench-model: $(STAMP)
+	$(PY) benchmarks/bench_model.py --repeats 3
+
+# The paper's Table 1a/1b + CE without prior + Table 3 on the built-in dataset (docs/REPRODUCTION.md).
+ablate: $(STAMP)
+	$(PY) tools/ablate.py --iters 500 --seeds 0 1 --output output/ablation
+
+loss-distribution: $(STAMP)
+	$(PY) tools/loss_distribution.py --config-file configs/builtin/retinanet_R18_shapes.yaml \
+		--weights output/ablation/fl_g2_a0.25/seed0/model_final.pth --output output/loss_distribution
 
 plots: $(STAMP)
 	$(PY) tools/plot_losses.py --output docs/figures

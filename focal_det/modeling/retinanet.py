@@ -180,20 +180,19 @@ class FocalRetinaNet(RetinaNet):
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ):
-        """Detectron2's post-processing, batched: per level, the top ``TOPK_CANDIDATES`` logits
-        of all images in one ``topk`` call, scores (``cls_loss.probs``) only for those, then the
-        score threshold; the boxes of all levels decoded in one call per image; then class-wise
-        NMS and the per-image cap, as Detectron2.
-
-        Taking the top k before thresholding selects the same candidates as Detectron2 (the k
-        best of those above the threshold are the k best overall that pass it; ``probs`` is
-        increasing), without the full sort of every score above the threshold that makes
-        Detectron2's decoding slow when many anchors pass it. Only the order of exactly tied
-        scores can differ."""
+        """Detectron2's post-processing (scores = ``cls_loss.probs``), with the same result
+        and less work: see :func:`decode_detections`."""
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4]
         )
         anchors = self.anchor_generator(features)
+        if torch.jit.is_tracing():  # the fast path branches on data; Detectron2's traces
+            return [
+                self.inference_single_image(
+                    anchors, [self.cls_loss.probs(x[i]) for x in pred_logits],
+                    [x[i] for x in pred_anchor_deltas], image_size)
+                for i, image_size in enumerate(images.image_sizes)
+            ]
         return decode_detections(
             anchors, pred_logits, pred_anchor_deltas, images.image_sizes,
             probs=self.cls_loss.probs, box2box_transform=self.box2box_transform,
@@ -206,7 +205,17 @@ def decode_detections(anchors: List[Boxes], pred_logits: List[Tensor],
                       pred_anchor_deltas: List[Tensor], image_sizes, *, probs,
                       box2box_transform, score_thresh: float, topk_candidates: int,
                       nms_thresh: float, max_detections: int) -> List[Instances]:
-    """RetinaNet post-processing for a batch.
+    """RetinaNet post-processing for a batch, as Detectron2's ``inference_single_image``:
+    per level, the top ``topk_candidates`` scores above ``score_thresh``; boxes decoded;
+    class-wise NMS; at most ``max_detections`` per image, best first.
+
+    What differs is only the work done. Scores, threshold masks and their counts are computed
+    per level for all images in one call each. Where more than k scores pass the threshold,
+    the k best are taken with one ``topk`` (they all pass it) instead of Detectron2's
+    ``nonzero`` + full sort of every passing score, which dominates its inference time when
+    many anchors pass (untrained or badly calibrated models); otherwise the few candidates
+    are sorted, as Detectron2 does. The boxes of all levels are decoded in one call. Only the
+    order of exactly tied scores can differ.
 
     Args:
         anchors: one Boxes per level (Ri anchors each).
@@ -217,27 +226,32 @@ def decode_detections(anchors: List[Boxes], pred_logits: List[Tensor],
         N Instances with pred_boxes, scores, pred_classes, best first.
     """
     num_classes = pred_logits[0].shape[-1]
-    scores, anchor_idxs, classes = [], [], []
-    offset = 0
-    for anchors_l, logits_l in zip(anchors, pred_logits):
-        flat = logits_l.flatten(1)  # (N, Ri * K)
-        k = min(topk_candidates, flat.shape[1])
-        top_logits, top_idxs = flat.topk(k, dim=1)  # sorted, best first
-        scores.append(probs(top_logits))
-        anchor_idxs.append(top_idxs // num_classes + offset)
-        classes.append(top_idxs % num_classes)
-        offset += len(anchors_l)
-    scores, anchor_idxs, classes = cat(scores, dim=1), cat(anchor_idxs, dim=1), cat(classes, dim=1)
-    keep = scores > score_thresh
     all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
     all_deltas = cat(pred_anchor_deltas, dim=1)  # (N, R, 4)
+    # Per level, for all images at once: scores, the threshold mask and its count.
+    level_scores = [probs(x).flatten(1) for x in pred_logits]  # (N, Ri * K)
+    level_masks = [x > score_thresh for x in level_scores]
+    level_counts = torch.stack([m.sum(dim=1) for m in level_masks], dim=1).tolist()  # (N, L)
+    offsets = [0]
+    for a in anchors[:-1]:
+        offsets.append(offsets[-1] + len(a))
 
     results: List[Instances] = []
     for i, image_size in enumerate(image_sizes):
-        keep_i = keep[i]
-        idx = anchor_idxs[i][keep_i]
-        boxes = box2box_transform.apply_deltas(all_deltas[i][idx], all_anchors[idx])
-        scores_i, classes_i = scores[i][keep_i], classes[i][keep_i]
+        scores_i, flat_i = [], []
+        for level, (scores_l, mask_l) in enumerate(zip(level_scores, level_masks)):
+            if level_counts[i][level] > topk_candidates:
+                # More candidates than k: the k best scores all pass the threshold.
+                top, idx = scores_l[i].topk(topk_candidates)
+            else:
+                idx = mask_l[i].nonzero().squeeze(1)
+                top, order = scores_l[i][idx].sort(descending=True)
+                idx = idx[order]
+            scores_i.append(top)
+            flat_i.append(idx + offsets[level] * num_classes)
+        scores_i, flat_i = cat(scores_i), cat(flat_i)
+        anchor_i, classes_i = flat_i // num_classes, flat_i % num_classes
+        boxes = box2box_transform.apply_deltas(all_deltas[i][anchor_i], all_anchors[anchor_i])
         nms_keep = batched_nms(boxes, scores_i, classes_i, nms_thresh)[:max_detections]
         results.append(Instances(image_size, pred_boxes=Boxes(boxes[nms_keep]),
                                  scores=scores_i[nms_keep], pred_classes=classes_i[nms_keep]))
