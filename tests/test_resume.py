@@ -43,15 +43,18 @@ def _command(tmp_path, out, resume):
 
 def _run_until_killed(cmd, out, checkpoints_seen, extra_delay):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 900  # generous: a loaded CI machine can be 10x slower
+    reached = False
     while time.time() < deadline and proc.poll() is None:
         done = [f for f in os.listdir(out) if f.startswith("model_0")] if out.exists() else []
         if len(done) >= checkpoints_seen:
+            reached = True
             time.sleep(extra_delay)
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert reached, f"no {checkpoints_seen} checkpoint(s) in {out} before the kill deadline"
 
 
 def _final_weights(out):
