@@ -149,16 +149,20 @@ def test_channels_last_gives_the_same_detections():
     torch.testing.assert_close(gb.pred_boxes.tensor, fb.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("topk,thresh", [(50, 0.05), (1000, 0.05), (7, 0.3), (50, 0.999)])
-def test_batched_decoding_equals_detectron2_per_level_decoding(topk, thresh):
-    """Random distinct logits over 3 levels, 2 images, 4 classes: same boxes, scores, classes
-    and order as Detectron2's RetinaNet.inference_single_image."""
-    g = torch.Generator().manual_seed(topk)
+@pytest.mark.parametrize("topk,thresh,classes", [
+    (50, 0.05, 4), (1000, 0.05, 4), (7, 0.3, 4), (50, 0.999, 4),
+    (20, 0.05, 80), (1000, 0.02, 80), (3, 0.8, 80), (100, 0.6, 80)])
+def test_batched_decoding_equals_detectron2_per_level_decoding(topk, thresh, classes):
+    """Random distinct logits over 3 levels, 2 images: same boxes, scores, classes and order
+    as Detectron2's RetinaNet.inference_single_image. The settings cover levels with fewer
+    passing scores than k, more passing anchors than k (the k best anchors are preselected),
+    and more passing scores than k among few anchors (many classes per anchor)."""
+    g = torch.Generator().manual_seed(topk * 100 + classes)
     gen = DefaultAnchorGenerator(sizes=[[16], [32], [64]], aspect_ratios=[[0.5, 1.0, 2.0]],
                                  strides=[8, 16, 32], offset=0.0)
     feats = [torch.zeros(2, 1, 12, 16), torch.zeros(2, 1, 6, 8), torch.zeros(2, 1, 3, 4)]
     anchors = gen(feats)
-    logits = [torch.randn(2, len(a), 4, generator=g) * 2 - 2 for a in anchors]
+    logits = [torch.randn(2, len(a), classes, generator=g) * 2 - 2 for a in anchors]
     deltas = [torch.randn(2, len(a), 4, generator=g) * 0.3 for a in anchors]
     transform = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
     sizes = [(96, 128), (90, 100)]
