@@ -1,4 +1,5 @@
 """Shared benchmark helpers: interleaved timing with medians, peak-RSS measurement."""
+import resource
 import statistics
 import time
 from typing import Callable, Dict, List
@@ -25,19 +26,31 @@ def peak_rss() -> int:
 
 def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 1,
                 sync: Callable[[], None] = lambda: None) -> Dict[str, Dict[str, float]]:
-    """Run every fn once per round, `repeats` rounds; return median/min/max seconds per fn."""
+    """Run every fn once per round, `repeats` rounds; return per fn the median/min/max wall
+    seconds, and the medians of the process's CPU seconds in user and kernel mode and of its
+    minor page faults per call (from getrusage; they say whether wall time went to
+    computation or to the kernel, e.g. faulting in freshly mapped memory)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync()
     times: Dict[str, List[float]] = {k: [] for k in fns}
+    usage: Dict[str, List[tuple]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            before = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            usage[name].append((after.ru_utime - before.ru_utime,
+                                after.ru_stime - before.ru_stime,
+                                after.ru_minflt - before.ru_minflt))
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
+                "median_user_cpu_s": statistics.median(u[0] for u in usage[k]),
+                "median_system_cpu_s": statistics.median(u[1] for u in usage[k]),
+                "median_minor_page_faults": statistics.median(u[2] for u in usage[k])}
             for k, v in times.items()}
 
 

@@ -259,14 +259,17 @@ def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
         else:  # a fresh process per model: RSS is not shared with the others' freed memory
             memory[name] = memory_in_subprocess(name, (n, h, w))
 
-    def ratio(d, ours="focal_det"):
-        return d[ours]["median_s"] / d["detectron2"]["median_s"] if ours in d else None
+    def ratio(d, ours="focal_det", key="median_s"):
+        return d[ours][key] / d["detectron2"][key] if ours in d else None
 
     ratios = {"train_step": ratio(train),
-              "train_step_channels_first": ratio(train, "focal_det_channels_first")}
+              "train_step_channels_first": ratio(train, "focal_det_channels_first"),
+              # computation only: kernel time (page faults) excluded
+              "train_step_user_cpu": ratio(train, key="median_user_cpu_s")}
     for scenario, d in inference.items():
         ratios[f"inference_{scenario}"] = ratio(d)
         ratios[f"inference_{scenario}_channels_first"] = ratio(d, "focal_det_channels_first")
+        ratios[f"inference_{scenario}_user_cpu"] = ratio(d, key="median_user_cpu_s")
     ratios["peak_train_memory"] = memory["focal_det"] / max(memory["detectron2"], 1)
     if "focal_det_channels_first" in memory:
         ratios["peak_train_memory_channels_first"] = (

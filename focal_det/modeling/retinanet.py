@@ -165,7 +165,13 @@ class FocalRetinaNet(RetinaNet):
         get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
         normalizer = self._normalizer(num_pos_anchors)
 
-        loss_cls = self.cls_loss(cat(pred_logits, dim=1), gt_labels)
+        # Level by level: the logits stay views of the class conv's outputs (no concatenated
+        # copy in forward, and gradients land in the conv's own layout in backward).
+        loss_cls, start = 0.0, 0
+        for logits in pred_logits:
+            end = start + logits.shape[1]
+            loss_cls = loss_cls + self.cls_loss(logits, gt_labels[:, start:end])
+            start = end
         loss_box_reg = _dense_box_regression_loss(
             anchors,
             self.box2box_transform,
