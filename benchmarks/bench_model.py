@@ -5,7 +5,8 @@ R50-FPN, 80 classes, random init copied from one model into the other. Interleav
 a training step (forward, backward, SGD step) at batch 2, 640x640 on CPU (batch 8, 800x1333 on
 GPU); inference latency per image at the same size, with "dense" scores (every anchor above the
 0.05 threshold) and "sparse" ones (~1%, like a trained model); peak memory of two training
-steps (RSS growth in a fresh process per model on CPU, max_memory_allocated on GPU); and the
+steps (RSS growth in a fresh process per model on CPU, max_memory_allocated on GPU), then on
+CPU the step time of each model alone in that process; and the
 phases inside a training step (backbone+FPN, head, anchor labeling, losses, backward).
 FocalRetinaNet runs with its default switches and, as a variant, with
 MODEL.FOCAL_DET.CHANNELS_LAST off; torchvision's
@@ -249,7 +250,7 @@ def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
         phase["detectron2"].append(phases(theirs, train_batch, sync))
     phase = {k: {p: sorted(r[p] for r in v)[len(v) // 2] for p in v[0]} for k, v in phase.items()}
 
-    memory = {}
+    memory, alone = {}, {}
     for name, model in models.items():
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -257,7 +258,7 @@ def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
             train_step(model, opt[name], train_batch)
             memory[name] = torch.cuda.max_memory_allocated() - base
         else:  # a fresh process per model: RSS is not shared with the others' freed memory
-            memory[name] = memory_in_subprocess(name, (n, h, w))
+            memory[name], alone[name] = memory_in_subprocess(name, (n, h, w))
 
     def ratio(d, ours="focal_det", key="median_s"):
         return d[ours][key] / d["detectron2"][key] if ours in d else None
@@ -270,6 +271,8 @@ def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
         ratios[f"inference_{scenario}"] = ratio(d)
         ratios[f"inference_{scenario}_channels_first"] = ratio(d, "focal_det_channels_first")
         ratios[f"inference_{scenario}_user_cpu"] = ratio(d, key="median_user_cpu_s")
+    if alone:  # each model alone in a fresh process (not interleaved: noisier)
+        ratios["train_step_alone"] = ratio(alone)
     ratios["peak_train_memory"] = memory["focal_det"] / max(memory["detectron2"], 1)
     if "focal_det_channels_first" in memory:
         ratios["peak_train_memory_channels_first"] = (
@@ -277,6 +280,7 @@ def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
     return {
         "device": device, "batch": n, "size": [h, w], "threads": torch.get_num_threads(),
         "repeats": repeats, "parity": parity, "train_step": train,
+        "train_step_alone_in_fresh_process": alone,
         "inference_per_image": inference, "train_phases_median_s": phase,
         "peak_train_memory_bytes": memory, "ratios_ours_over_detectron2": ratios,
     }
@@ -294,16 +298,21 @@ def memory_worker(name, cpu_size):
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
     del ours, theirs
     extra = peak_extra_bytes(lambda: [train_step(model, opt, batch) for _ in range(2)])
-    print(json.dumps({"peak_extra_bytes": extra}))
+    # Then the step time of this model alone in its process, as a user's training runs it
+    # (the interleaved timing shares one allocator between all models).
+    alone = interleaved({name: lambda: train_step(model, opt, batch)}, 3, warmup=0)[name]
+    print(json.dumps({"peak_extra_bytes": extra, "train_step_alone": alone}))
 
 
 def memory_in_subprocess(name, cpu_size):
+    """(peak RSS growth in bytes, timing of 3 more steps) of ``name`` in a fresh process."""
     import subprocess
 
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-worker", name,
                           "--cpu-size", *map(str, cpu_size)], check=True, capture_output=True,
                          text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_extra_bytes"]
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["peak_extra_bytes"], result["train_step_alone"]
 
 
 def main():
