@@ -6,6 +6,8 @@ from explicit keywords) and which provides:
 - ``__call__(logits, labels) -> Tensor``: the loss *summed* over all non-ignored anchors.
   ``logits`` (R, K) (or (N, R, K)); ``labels`` (R,) (or (N, R)) int64 with values in [0, K):
   the anchor's class, K: background, -1: ignored. Computed without a one-hot target.
+  ``FocalRetinaNet`` calls it once per FPN level (with that level's anchors) and adds the
+  results, so it must be a plain sum over anchors (no normalization of its own).
 - ``loss(logits, targets, reduction)``: the same loss with float targets of logits' shape.
 - ``probs(logits)``: the foreground probability consistent with the loss (used at inference).
 - ``prior_bias(pi)``: the logit bias b with ``probs(b) == pi`` (used to initialize the head).
