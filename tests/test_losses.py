@@ -247,6 +247,45 @@ def test_label_path_equals_float_target_path(name):
     assert (xa.grad[labels < 0] == 0).all()
 
 
+@pytest.mark.parametrize("name,extra", [("FocalLoss", {}), ("FocalLoss", {"GAMMA": 0.5}),
+                                        ("FocalLoss", {"ALPHA": -1.0}), ("CrossEntropy", {}),
+                                        ("BalancedCrossEntropy", {}),
+                                        ("FocalLossStar", {"GAMMA": 2.0, "BETA": 1.0}),
+                                        ("FocalLossStar", {"GAMMA": 4.0, "BETA": 0.0,
+                                                           "ALPHA": -1.0})])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_label_path_across_chunks(name, extra, dtype):
+    """The label path (what the model calls) over several chunks, with positives, background
+    and ignored rows, equals the float target path in float64 in value and gradient."""
+    from focal_det.losses.functional import CHUNK_ELEMENTS
+
+    k = 80
+    rows = 3 * (CHUNK_ELEMENTS // k) + 17  # 4 chunks, the last one partial
+    loss = build_cls_loss(_cfg(NAME=name, **extra))
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(rows, k, generator=g) * 4 - 3).to(dtype)
+    labels = torch.full((rows,), k)
+    pick = torch.rand(rows, generator=g)
+    labels[pick < 0.05] = torch.randint(0, k, (int((pick < 0.05).sum()),), generator=g)
+    labels[pick > 0.97] = -1
+    t, valid = _labels_to_targets(labels, k)
+    xa = x.clone().requires_grad_()
+    a = loss(xa, labels)
+    a.backward()
+    x64 = x.double()[valid].requires_grad_()
+    ref = loss.loss(x64, t[valid].double(), reduction="sum")
+    ref.backward()
+    assert a.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert xa.grad.dtype == dtype
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-6}[dtype]
+    torch.testing.assert_close(a.double(), ref.detach(), rtol=tol, atol=0)
+    grad_tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(xa.grad[valid].double(), x64.grad.to(dtype).double(),
+                               rtol=grad_tol, atol=1e-7)
+    assert (xa.grad[~valid] == 0).all()
+    assert (labels < 0).any() and ((labels >= 0) & (labels < k)).sum() > 100
+
+
 @pytest.mark.parametrize("name,extra", [("FocalLoss", {}), ("CrossEntropy", {}),
                                         ("BalancedCrossEntropy", {}),
                                         ("FocalLossStar", {"GAMMA": 2.0, "BETA": 1.0}),
