@@ -12,7 +12,20 @@ available). Two paths are timed:
   (valid mask, one-hot target, boolean gather, ``sigmoid_focal_loss_jit``).
 
 Also the time of one copy of the logits (the memory-bandwidth floor) and the peak extra memory.
-Prints JSON; asserts nothing about time. Usage: python benchmarks/bench_losses.py [--repeats N]
+``focal_det`` runs on its default backend (``native`` C++ on CPU, ``triton`` on CUDA);
+``focal_det_reference`` is the plain-PyTorch fallback, for comparison.
+
+Further scenarios (see ``_loss_scenarios.py``):
+
+- ``op_counts``: top-level dispatched ops and host syncs of the model's label path, forward +
+  backward, at COCO scale (2 images x 201,600 anchors x 80 classes, P3-P7), ours vs Detectron2's
+  RetinaNet code; device independent (counted on CPU);
+- ``contention`` (CPU): the public path timed again while a competing CPU-bound process runs;
+- ``lvis_memory``: peak extra memory at K = 1203, ours vs Detectron2's one-hot path, each in a
+  fresh process (CPU: RSS; CUDA: ``max_memory_allocated``).
+
+Prints JSON; asserts nothing about time.
+Usage: python benchmarks/bench_losses.py [--repeats N] [--device cpu|cuda|all] [--lvis-rows R]
 """
 import argparse
 import json
@@ -25,18 +38,23 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import interleaved, peak_extra_bytes  # noqa: E402
+from _loss_scenarios import (  # noqa: E402
+    coco_labels,
+    coco_level_logits,
+    competing_process,
+    detectron2_cls_loss,
+    focal_det_cls_loss,
+    anchor_labels,
+    memory_child,
+    memory_in_fresh_process,
+)
 
 
 def make_inputs(device, images=2, anchors=120_000, classes=80, seed=0):
     g = torch.Generator().manual_seed(seed)
     n = images * anchors
     logits = (torch.randn(n, classes, generator=g) * 2 - 3).to(device)
-    # ~0.3% foreground, 1.5% ignored, the rest background: RetinaNet-like.
-    u = torch.rand(n, generator=g)
-    labels = torch.where(u < 0.003, torch.randint(0, classes, (n,), generator=g),
-                         torch.full((n,), classes))
-    labels[(u >= 0.003) & (u < 0.018)] = -1
-    labels = labels.to(device)
+    labels = anchor_labels(n, classes, g).to(device)  # RetinaNet-like: 0.3% fg, 1.5% ignored
     targets = F.one_hot(labels.clamp_min(0), classes + 1)[:, :classes].float()
     return logits, labels, targets
 
@@ -46,6 +64,7 @@ def run(device, repeats):
     from fvcore.nn import sigmoid_focal_loss_jit as fv_jit
     from torchvision.ops import sigmoid_focal_loss as tv
 
+    from focal_det.kernels import select_backend, use_backend
     from focal_det.losses import FocalLoss, sigmoid_focal_loss
 
     logits, labels, targets = make_inputs(device)
@@ -60,14 +79,16 @@ def run(device, repeats):
             x.grad = None
         return fn
 
-    def d2_model_path():  # detectron2 v0.6 RetinaNet.losses, classification part
-        valid = labels >= 0
-        target = F.one_hot(labels[valid], num_classes=classes + 1)[:, :-1]
-        return fv_jit(x[valid], target.to(x.dtype), alpha=0.25, gamma=2.0, reduction="sum")
+    def ours_public():
+        return sigmoid_focal_loss(x, targets, gamma=2.0, alpha=0.25, reduction="sum")
+
+    def ours_public_reference():
+        with use_backend("reference"):
+            return ours_public()
 
     public = {
-        "focal_det": step(lambda: sigmoid_focal_loss(x, targets, gamma=2.0, alpha=0.25,
-                                                     reduction="sum")),
+        "focal_det": step(ours_public),
+        "focal_det_reference": step(ours_public_reference),
         "fvcore_jit": step(lambda: fv_jit(x, targets, alpha=0.25, gamma=2.0, reduction="sum")),
         "fvcore_eager": step(lambda: fv_eager(x, targets, alpha=0.25, gamma=2.0,
                                               reduction="sum")),
@@ -75,7 +96,7 @@ def run(device, repeats):
     }
     model = {
         "focal_det": step(lambda: ours_model(x, labels)),
-        "detectron2_retinanet": step(d2_model_path),
+        "detectron2_retinanet": step(lambda: detectron2_cls_loss([x[None]], [labels])),
     }
     floor = {"copy_of_logits": lambda: logits.clone()}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -104,10 +125,16 @@ def run(device, repeats):
                 memory[f"{group}/{name}"] = peak_extra_bytes(fn)
 
     fastest_other = min(v["median_s"] for k, v in res_public.items()
-                        if k not in ("focal_det", "copy_of_logits"))
+                        if not k.startswith("focal_det") and k != "copy_of_logits")
+    contention = None
+    if device == "cpu":  # the same public timings with a competing CPU-bound process
+        contenders = {k: public[k] for k in ("focal_det", "focal_det_reference", "torchvision")}
+        with competing_process():
+            contention = interleaved(contenders, repeats, sync=sync)
     copy_s = res_public["copy_of_logits"]["median_s"]
     return {
         "device": device,
+        "backend": select_backend(logits.device),
         "shape": list(logits.shape),
         "dtype": str(logits.dtype),
         "threads": torch.get_num_threads(),
@@ -115,9 +142,15 @@ def run(device, repeats):
         "agreement": agreement,
         "public_fwd_bwd": res_public,
         "model_fwd_bwd": res_model,
+        "public_fwd_bwd_with_competing_process": contention,
         "peak_extra_memory_bytes": memory,
         "ratios": {
             "public_speedup_vs_fastest_other": fastest_other / res_public["focal_det"]["median_s"],
+            "public_speedup_vs_torchvision": res_public["torchvision"]["median_s"]
+            / res_public["focal_det"]["median_s"],
+            "public_speedup_vs_torchvision_with_competing_process": (
+                contention["torchvision"]["median_s"] / contention["focal_det"]["median_s"]
+                if contention else None),
             "model_speedup_vs_detectron2": res_model["detectron2_retinanet"]["median_s"]
             / res_model["focal_det"]["median_s"],
             "public_focal_det_over_copy_floor": res_public["focal_det"]["median_s"] / copy_s,
@@ -126,15 +159,73 @@ def run(device, repeats):
     }
 
 
+def op_counts():
+    """Top-level ops and syncs of the label path at COCO scale, forward + backward."""
+    from focal_det.losses import FocalLoss
+    from focal_det.utils.op_count import count_ops
+
+    logits = coco_level_logits(images=2, classes=80)
+    labels = coco_labels(images=2, classes=80)
+    ours = FocalLoss(gamma=2.0, alpha=0.25)
+    contenders = {
+        "focal_det": lambda: focal_det_cls_loss(ours, logits, labels).backward(),
+        "detectron2_retinanet": lambda: detectron2_cls_loss(logits, labels).backward(),
+    }
+    for fn in contenders.values():  # warm-up (TorchScript's first runs profile and optimize)
+        fn(), fn()
+    counts = {name: count_ops(fn).as_dict() for name, fn in contenders.items()}
+    return {"anchors_per_image": labels[0].numel(), "classes": 80, "images": 2,
+            "counts": counts,
+            "ops_ratio": counts["focal_det"]["ops"] / counts["detectron2_retinanet"]["ops"]}
+
+
+def lvis_memory(device, rows, classes=1203):
+    if device == "cpu":
+        res = {name: memory_in_fresh_process(name, rows, classes)
+               for name in ("focal_det", "detectron2_retinanet")}
+    else:
+        res = {}
+        for name in ("focal_det", "detectron2_retinanet"):
+            g = torch.Generator().manual_seed(0)
+            x = (torch.randn(rows, classes, generator=g) * 2 - 3).to(device).requires_grad_()
+            labels = anchor_labels(rows, classes, g).to(device)
+            from focal_det.losses import FocalLoss
+            fn = ((lambda: FocalLoss()(x, labels).backward()) if name == "focal_det" else
+                  (lambda: detectron2_cls_loss([x[None]], [labels]).backward()))
+            fn()
+            x.grad = None
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            res[name] = {"rows": rows, "classes": classes,
+                         "peak_extra_bytes": torch.cuda.max_memory_allocated() - base,
+                         "logits_bytes": x.numel() * 4}
+            del x, labels
+    return {"per_model": res, "ratio": res["focal_det"]["peak_extra_bytes"]
+            / res["detectron2_retinanet"]["peak_extra_bytes"]}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--lvis-rows", type=int, default=100_000,
+                        help="anchors for the K = 1203 memory scenario")
+    parser.add_argument("--memory-child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        name, rows, classes = args.memory_child
+        return memory_child(name, int(rows), int(classes))
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     out = {"torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-           "results": [run(d, args.repeats) for d in devices]}
+           "cpu_threads": torch.get_num_threads(),
+           "cuda_device": torch.cuda.get_device_name() if "cuda" in devices else None,
+           "op_counts_coco_label_path": op_counts(),
+           "results": [run(d, args.repeats) for d in devices],
+           "lvis_k1203_memory": {d: lvis_memory(d, args.lvis_rows) for d in devices}}
     print(json.dumps(out, indent=2))
 
 

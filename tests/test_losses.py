@@ -22,6 +22,16 @@ from focal_det.losses import (
 REDUCTIONS = ["none", "mean", "sum"]
 
 
+@pytest.fixture(autouse=True, params=["native", "triton", "reference"])
+def backend(request):
+    """Every test here runs on every loss backend: the C++ operator, the Triton kernel (in
+    Triton's interpreter on CPU) and the plain-PyTorch reference."""
+    from focal_det.kernels import use_backend
+
+    with use_backend(request.param):
+        yield request.param
+
+
 def _inputs(shape=(300, 7), scale=3.0, seed=0, soft=False, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g) * scale).to(dtype)

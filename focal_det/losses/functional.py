@@ -12,18 +12,21 @@ x_t = y * x, alpha_t = alpha if t = 1 else 1 - alpha.
 - dFL/dx  = alpha_t y (1 - p_t)^gamma (gamma p_t log(p_t) + p_t - 1)  (Appendix B)
 - dFL*/dx = alpha_t y (p*_t - 1)
 
-How it is computed: a single ``torch.autograd.Function`` walks the input in cache-sized chunks
-and, per chunk, evaluates the loss *and* its closed-form gradient from log-sigmoid forms
-(no ``1 - p`` cancellation, finite for |x| up to 1e4 and beyond). Only the gradient is saved for
-backward, which is then one multiply. Half-precision inputs are computed in float32 (AMP-safe);
-the loss is returned in float32 (float64 for float64 inputs), the gradient in the input's dtype.
+How it is computed: ``focal_det.kernels`` evaluates the loss *and* its closed-form gradient
+in one fused pass per call (a C++ operator on CPU, a Triton kernel on CUDA), from log-sigmoid
+forms (no ``1 - p`` cancellation, finite for |x| up to 1e4 and beyond). Only the gradient is
+saved for backward, which is then one multiply. Half-precision inputs are computed in float32
+(AMP-safe); the loss is returned in float32 (float64 for float64 inputs), the gradient in the
+input's dtype. The kernels below, run over cache-sized chunks of rows by :func:`run_chunked`,
+are the plain-PyTorch definition: the ``reference`` backend, used where no fast path is built.
 """
 from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from ..kernels import LossSpec, fused_loss
 
 __all__ = [
     "sigmoid_focal_loss",
@@ -240,89 +243,71 @@ def run_chunked(
     return out, grad
 
 
-class _FusedLoss(torch.autograd.Function):
-    """Loss and closed-form gradient in one chunked pass; backward is a single multiply."""
-
-    @staticmethod
-    def forward(ctx, logits, targets_of, kernel, reduction, n_rows_cols):
-        x2d = logits.reshape(n_rows_cols)
-        need_grad = ctx.needs_input_grad[0]
-        loss, grad = run_chunked(
-            x2d, targets_of, kernel, elementwise=reduction == "none", need_grad=need_grad
-        )
-        if reduction == "none":
-            loss = loss.reshape(logits.shape)
-        elif reduction == "mean":
-            loss = loss / max(logits.numel(), 1)
-        if need_grad:
-            if reduction == "mean":
-                grad = grad.div_(max(logits.numel(), 1))
-            ctx.save_for_backward(grad.reshape(logits.shape))
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_out).to(grad.dtype), None, None, None, None
+def kernel_for(spec, binary: bool = False) -> Kernel:
+    """The plain-PyTorch kernel of a ``focal_det.kernels.LossSpec`` (the reference backend);
+    ``binary``: targets are known to be 0/1 (the label path)."""
+    if spec.star:
+        return focal_star_kernel(spec.gamma, spec.beta, spec.alpha)
+    if binary:
+        return binary_focal_kernel(spec.gamma, spec.alpha)
+    return focal_loss_kernel(spec.gamma, spec.alpha)
 
 
-def apply_loss(logits: Tensor, targets: Tensor, kernel: Kernel, reduction: str) -> Tensor:
-    """Apply a per-element kernel to float ``targets`` of ``logits``' shape, then reduce."""
+def apply_loss(logits: Tensor, targets: Tensor, spec, reduction: str) -> Tensor:
+    """The loss of ``spec`` with float ``targets`` of ``logits``' shape, reduced."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not one of {list(_REDUCTIONS)}")
     if targets.shape != logits.shape:
         raise ValueError(
             f"targets shape {tuple(targets.shape)} != logits shape {tuple(logits.shape)}"
         )
-    cols = logits.shape[-1] if logits.dim() > 0 else 1
-    shape2d = (logits.numel() // max(cols, 1), cols) if logits.numel() else (0, cols)
-    cdtype = compute_dtype(logits.dtype)
-    t2d = targets.reshape(shape2d)
-
-    def targets_of(start: int, end: int):
-        return t2d[start:end].to(cdtype), None
-
-    return _FusedLoss.apply(logits, targets_of, kernel, reduction, shape2d)
+    return fused_loss(logits, spec, reduction, targets=targets)
 
 
 def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, *, gamma: float = 2.0, alpha: float = 0.25,
+    inputs: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0,
     reduction: str = "none",
 ) -> Tensor:
     """Focal loss FL = -alpha_t (1 - p_t)^gamma log(p_t) (Lin et al. 2017, eq. 5).
 
-    Same contract as ``torchvision.ops.sigmoid_focal_loss`` and fvcore's: ``logits`` any shape,
-    ``targets`` the same shape in [0, 1]; ``alpha`` < 0 disables weighting; ``reduction`` is
-    "none" (same shape as logits), "mean" or "sum" (0-dim). Computed in float32 for half inputs.
+    Drop-in for ``torchvision.ops.sigmoid_focal_loss`` and ``fvcore.nn.sigmoid_focal_loss``:
+    same positional order and names (``inputs, targets, alpha, gamma, reduction``) and
+    defaults; ``inputs`` any shape, ``targets`` the same shape in [0, 1]; ``alpha`` < 0
+    disables weighting; ``reduction`` is "none" (same shape as inputs), "mean" or "sum"
+    (0-dim). Differences: half-precision inputs are computed in float32 and the loss is
+    returned in float32 (torchvision/fvcore return the input dtype); values are computed from
+    log-sigmoid forms, so they stay finite and accurate for |x| up to 1e4 and beyond.
     """
     check_focal_params(gamma, alpha)
-    return apply_loss(logits, targets, focal_loss_kernel(gamma, alpha), reduction)
+    return apply_loss(inputs, targets, LossSpec(False, float(gamma), float(alpha)), reduction)
 
 
 def sigmoid_focal_loss_star(
-    logits: Tensor, targets: Tensor, *, gamma: float = 2.0, beta: float = 1.0,
-    alpha: float = -1.0, reduction: str = "none",
+    inputs: Tensor, targets: Tensor, alpha: float = -1.0, gamma: float = 2.0,
+    reduction: str = "none", beta: float = 1.0,
 ) -> Tensor:
     """FL* = -log(sigmoid(gamma x_t + beta)) / gamma, times alpha_t if alpha >= 0 (Appendix A).
 
-    ``beta = 0`` equals fvcore's ``sigmoid_focal_loss_star`` (which has no beta). Shapes and
-    reductions as :func:`sigmoid_focal_loss`.
+    Positional order and names as ``fvcore.nn.sigmoid_focal_loss_star`` (``inputs, targets,
+    alpha, gamma, reduction``), then ``beta``. Differences from fvcore: fvcore has no beta
+    (it is FL* with beta = 0; ours defaults to the paper's beta = 1), its default gamma is 1
+    (ours 2, the paper's FL* setting), and half inputs are computed and returned in float32.
     """
     check_focal_params(gamma, alpha, star=True, beta=beta)
-    return apply_loss(logits, targets, focal_star_kernel(gamma, beta, alpha), reduction)
+    spec = LossSpec(True, float(gamma), float(alpha), float(beta))
+    return apply_loss(inputs, targets, spec, reduction)
 
 
-def sigmoid_cross_entropy(logits: Tensor, targets: Tensor, *, reduction: str = "none") -> Tensor:
+def sigmoid_cross_entropy(inputs: Tensor, targets: Tensor, reduction: str = "none") -> Tensor:
     """Binary cross-entropy with logits, CE = -log(p_t): the gamma = 0, no-alpha member of FL."""
-    return apply_loss(logits, targets, focal_loss_kernel(0.0, -1.0), reduction)
+    return apply_loss(inputs, targets, LossSpec(False, 0.0, -1.0), reduction)
 
 
 def sigmoid_balanced_cross_entropy(
-    logits: Tensor, targets: Tensor, *, alpha: float = 0.25, reduction: str = "none"
+    inputs: Tensor, targets: Tensor, alpha: float = 0.25, reduction: str = "none"
 ) -> Tensor:
     """Alpha-balanced CE = -alpha_t log(p_t) (paper eq. 3): FL with gamma = 0."""
     check_focal_params(0.0, alpha)
     if alpha < 0:
         raise ValueError(f"alpha={alpha!r}: balanced cross-entropy needs alpha in [0, 1]")
-    return apply_loss(logits, targets, focal_loss_kernel(0.0, alpha), reduction)
+    return apply_loss(inputs, targets, LossSpec(False, 0.0, float(alpha)), reduction)

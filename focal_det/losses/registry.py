@@ -16,12 +16,14 @@ Register your own with ``@CLS_LOSS_REGISTRY.register()`` and select it with
 ``MODEL.FOCAL_DET.CLS_LOSS.NAME``.
 """
 import math
+from typing import Optional
 
 import torch
 from detectron2.config import CfgNode, configurable
 from fvcore.common.registry import Registry
 from torch import Tensor
 
+from ..kernels import LossSpec, fused_loss
 from . import functional as LF
 
 CLS_LOSS_REGISTRY = Registry("FOCAL_DET_CLS_LOSS")
@@ -62,34 +64,34 @@ def _keyed(fn, *args, **kwargs):
 
 
 class SigmoidClassificationLoss:
-    """Base class: a per-element kernel applied to labels or targets. Subclasses set it."""
+    """Base class: a member of the sigmoid loss family applied to labels or targets.
+
+    Subclasses return their :class:`focal_det.kernels.LossSpec` from ``spec()`` (computed by the
+    fused kernels), or override ``kernel()`` with a plain-PyTorch per-element kernel
+    (``focal_det.losses.functional.Kernel``), which then runs chunk by chunk."""
+
+    def spec(self) -> Optional[LossSpec]:
+        return None
 
     def kernel(self) -> LF.Kernel:
-        raise NotImplementedError
+        spec = self.spec()
+        if spec is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither spec() nor kernel()")
+        return LF.kernel_for(spec)
 
-    def label_kernel(self) -> LF.Kernel:
-        """Kernel for the label path, where targets are exactly 0/1 (defaults to ``kernel``)."""
-        return self.kernel()
+    def _spec_or_kernel(self):
+        spec = self.spec()
+        return spec if spec is not None else self.kernel()
 
     def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
         num_classes = logits.shape[-1]
-        x2d = logits.reshape(-1, num_classes)
-        labels = labels.reshape(-1)
-        if labels.numel() != x2d.shape[0]:
-            raise ValueError(
-                f"labels has {labels.numel()} entries for {x2d.shape[0]} rows of logits"
-            )
-        cdtype = LF.compute_dtype(logits.dtype)
-        classes = torch.arange(num_classes, device=logits.device)
-
-        def targets_of(start: int, end: int):
-            lab = labels[start:end, None]
-            return lab == classes, (lab >= 0).to(cdtype)  # bool targets, row weights
-
-        return LF._FusedLoss.apply(logits, targets_of, self.label_kernel(), "sum", x2d.shape)
+        rows = logits.numel() // max(num_classes, 1)
+        if labels.numel() != rows:
+            raise ValueError(f"labels has {labels.numel()} entries for {rows} rows of logits")
+        return fused_loss(logits, self._spec_or_kernel(), "sum", labels=labels)
 
     def loss(self, logits: Tensor, targets: Tensor, reduction: str = "sum") -> Tensor:
-        return LF.apply_loss(logits, targets, self.kernel(), reduction)
+        return LF.apply_loss(logits, targets, self._spec_or_kernel(), reduction)
 
     def probs(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits)
@@ -113,11 +115,8 @@ class FocalLoss(SigmoidClassificationLoss):
         return {"gamma": cfg.MODEL.FOCAL_DET.CLS_LOSS.GAMMA,
                 "alpha": cfg.MODEL.FOCAL_DET.CLS_LOSS.ALPHA}
 
-    def kernel(self):
-        return LF.focal_loss_kernel(self.gamma, self.alpha)
-
-    def label_kernel(self):
-        return LF.binary_focal_kernel(self.gamma, self.alpha)
+    def spec(self):
+        return LossSpec(False, self.gamma, self.alpha)
 
     def __repr__(self):
         return f"{type(self).__name__}(gamma={self.gamma}, alpha={self.alpha})"
@@ -167,8 +166,8 @@ class FocalLossStar(SigmoidClassificationLoss):
         c = cfg.MODEL.FOCAL_DET.CLS_LOSS
         return {"gamma": c.GAMMA, "beta": c.BETA, "alpha": c.ALPHA}
 
-    def kernel(self):
-        return LF.focal_star_kernel(self.gamma, self.beta, self.alpha)
+    def spec(self):
+        return LossSpec(True, self.gamma, self.alpha, self.beta)
 
     def probs(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits * self.gamma + self.beta)
