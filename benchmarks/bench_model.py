@@ -11,10 +11,14 @@ phases inside a training step (backbone+FPN, head, anchor labeling, losses, back
 FocalRetinaNet runs with its default switches and, as a variant, with
 MODEL.FOCAL_DET.CHANNELS_LAST off; torchvision's
 retinanet_resnet50_fpn (random init, not the same weights) is timed alongside as a reference.
+Also, device independent (counted on CPU at COCO scale: batch 2, 800x1333, sparse scores):
+top-level dispatched ops and host-device synchronizations (``.item()``, ``.tolist()``,
+``nonzero``, boolean indexing; see ``focal_det.utils.op_count``) per training step and per
+inference call, ours vs Detectron2 (``op_counts``; ``--only-op-counts`` runs just that).
 Prints JSON. Asserts nothing about time; exits non-zero only if the models' losses or
 detections differ.
 
-Usage: python benchmarks/bench_model.py [--repeats 3] [--device cpu|cuda]
+Usage: python benchmarks/bench_model.py [--repeats 3] [--device cpu|cuda] [--only-op-counts]
 """
 import argparse
 import copy
@@ -286,6 +290,28 @@ def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
     }
 
 
+def op_counts(n=2, h=800, w=1333):
+    """Dispatched ops and host syncs per training step and per inference call (one image,
+    sparse scores), ours vs Detectron2, same weights; counted on CPU (device independent)."""
+    from focal_det.utils.op_count import count_ops
+
+    ours, theirs = build_pair("cpu")
+    batch = make_batch(n, h, w, "cpu")
+    infer = [{"image": b["image"]} for b in make_batch(1, h, w, "cpu", seed=1)]
+    set_scores([ours, theirs], infer[0]["image"], "sparse")
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    res = {"batch": n, "size": [h, w]}
+    for name, model in (("focal_det", ours), ("detectron2", theirs)):
+        opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+        train_step(model, opt, batch), detect(model, infer)  # warm-up outside the count
+        res[name] = {"train_step": count_ops(lambda: train_step(model, opt, batch)).as_dict(),
+                     "inference": count_ops(lambda: detect(model, infer)).as_dict()}
+    res["ours_over_detectron2"] = {
+        f"{phase}_{what}": res["focal_det"][phase][what] / max(res["detectron2"][phase][what], 1)
+        for phase in ("train_step", "inference") for what in ("ops", "syncs")}
+    return res
+
+
 def memory_worker(name, cpu_size):
     """In a fresh process: build the model, then report the peak RSS growth over two training
     steps (allocator caches included: what the machine has to provide)."""
@@ -323,15 +349,21 @@ def main():
                         help="skip torchvision's retinanet_resnet50_fpn reference")
     parser.add_argument("--cpu-size", type=int, nargs=3, default=[2, 640, 640],
                         metavar=("BATCH", "H", "W"), help="CPU batch and image size")
+    parser.add_argument("--only-op-counts", action="store_true",
+                        help="only the op and sync counts (no timing)")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
         return memory_worker(args.memory_worker, tuple(args.cpu_size))
+    counts = op_counts()
+    if args.only_op_counts:
+        return print(json.dumps({"torch": torch.__version__, "op_counts": counts}, indent=2))
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     results = [run(d, args.repeats, not args.no_torchvision, tuple(args.cpu_size))
                for d in devices]
-    print(json.dumps({"torch": torch.__version__, "results": results}, indent=2))
+    print(json.dumps({"torch": torch.__version__, "op_counts": counts, "results": results},
+                     indent=2))
     if not all(v for r in results for k, v in r["parity"].items()
                if k == "losses_match" or k.startswith("detections_match")):
         sys.exit("FocalRetinaNet and Detectron2's RetinaNet disagree (see parity above)")

@@ -217,14 +217,16 @@ def decode_detections(anchors: List[Boxes], pred_logits: List[Tensor],
 
     What differs is only the work done. Detectron2 applies ``probs`` to every (anchor, class)
     logit, thresholds them all, and sorts every score that passes (4.6M scores on P3 of a
-    640x640 image; all of them for an untrained model). Here the full logit tensor is read
-    once, for the per-anchor maximum over classes (one reduction per level for the whole
-    batch). Only anchors whose best score passes the threshold can hold a candidate; when
-    more than k do, the k anchors with the best maxima hold every one of the k best scores
-    (each of them has at least one score >= the k-th best maximum, so the k-th best score is
-    at least that, and an anchor outside them has no score above it). Then ``probs``, the
-    threshold and top-k run on those anchors' K scores only. The boxes of all levels are
-    decoded in one call per image. Only the order of exactly tied scores can differ.
+    640x640 image; all of them for an untrained model), with two host syncs per level and
+    image (boolean index, ``nonzero``). Here the full logit tensor is read once, for the
+    per-anchor maximum over classes (one reduction per level for the whole batch). The k
+    anchors with the best maxima hold every one of the level's k best scores (each of them
+    has at least one score >= the k-th best maximum, so the k-th best score is at least that,
+    and an anchor outside them has no score above it). ``probs`` and a top-k run on those
+    anchors' K scores only; the level's top-k without those at or below the threshold is the
+    top-k of those above it, which is Detectron2's result. Every size is fixed, so the only
+    host sync per image is the one threshold ``nonzero``. The boxes of all levels are decoded
+    in one call per image. Only the order of exactly tied scores can differ.
 
     Args:
         anchors: one Boxes per level (Ri anchors each).
@@ -237,10 +239,8 @@ def decode_detections(anchors: List[Boxes], pred_logits: List[Tensor],
     num_classes = pred_logits[0].shape[-1]
     all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
     all_deltas = cat(pred_anchor_deltas, dim=1)  # (N, R, 4)
-    # Per level, for all images at once: each anchor's best score and whether it passes.
-    best = [probs(torch.amax(x, dim=2)) for x in pred_logits]  # (N, Ri)
-    passing = [b > score_thresh for b in best]
-    counts = torch.stack([p.sum(dim=1) for p in passing], dim=1).tolist()  # (N, L)
+    # Per level, for all images at once: each anchor's best logit (probs is non-decreasing).
+    best = [torch.amax(x, dim=2) for x in pred_logits]  # (N, Ri)
     offsets = [0]
     for a in anchors[:-1]:
         offsets.append(offsets[-1] + len(a))
@@ -249,22 +249,19 @@ def decode_detections(anchors: List[Boxes], pred_logits: List[Tensor],
     for i, image_size in enumerate(image_sizes):
         scores_i, anchor_i, classes_i = [], [], []
         for level, logits_l in enumerate(pred_logits):
-            if counts[i][level] > topk_candidates:  # the k best anchors hold the k best scores
-                cand = best[level][i].topk(topk_candidates).indices
-            else:
-                cand = passing[level][i].nonzero().squeeze(1)
-            scores = probs(logits_l[i, cand]).flatten()  # (len(cand) * K,)
-            keep = scores > score_thresh
-            if int(keep.sum()) > topk_candidates:
-                top, idx = scores.topk(topk_candidates)
-            else:
-                idx = keep.nonzero().squeeze(1)
-                top, order = scores[idx].sort(descending=True)
-                idx = idx[order]
+            # Fixed sizes throughout: nothing about the data has to reach the host here.
+            k = min(topk_candidates, best[level].shape[1])
+            cand = best[level][i].topk(k).indices  # the k anchors holding the k best scores
+            scores = probs(logits_l[i, cand]).flatten()  # (k * K,)
+            top, idx = scores.topk(min(topk_candidates, scores.numel()))
             scores_i.append(top)
             anchor_i.append(cand[idx // num_classes] + offsets[level])
             classes_i.append(idx % num_classes)
         scores_i, anchor_i, classes_i = cat(scores_i), cat(anchor_i), cat(classes_i)
+        # The level's top-k minus those at or below the threshold is the top-k of those above
+        # it, as in Detectron2. One host sync per image: how many candidates pass.
+        keep = torch.nonzero(scores_i > score_thresh).squeeze(1)
+        scores_i, anchor_i, classes_i = scores_i[keep], anchor_i[keep], classes_i[keep]
         boxes = box2box_transform.apply_deltas(all_deltas[i][anchor_i], all_anchors[anchor_i])
         nms_keep = batched_nms(boxes, scores_i, classes_i, nms_thresh)[:max_detections]
         results.append(Instances(image_size, pred_boxes=Boxes(boxes[nms_keep]),
