@@ -104,11 +104,16 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0 and self.cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             # Continue the data stream where the checkpointed run was, not at its beginning.
-            loader = self.build_train_loader(
-                self.cfg, start_position=self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
-            )
-            self._trainer.data_loader = loader
-            self._trainer._data_loader_iter = iter(loader)
+            def build():
+                return self.build_train_loader(
+                    self.cfg, start_position=self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
+
+            if hasattr(self._trainer, "reset_data_loader"):
+                # Detectron2 after v0.6: _data_loader_iter is a read-only, lazily made property
+                self._trainer.reset_data_loader(build)
+            else:  # v0.6: a plain attribute made in the constructor
+                self._trainer.data_loader = build()
+                self._trainer._data_loader_iter = iter(self._trainer.data_loader)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -9,13 +9,17 @@
 - reading: ``.pth`` files load with ``torch.load(..., weights_only=True)``; Detectron2 ``.pkl``
   files (pickled dicts of numpy arrays) load through an unpickler that only allows what such
   files contain. A pickle that would import anything else is refused with
-  :class:`UnsafeCheckpointError` naming the file and the refused global.
+  :class:`UnsafeCheckpointError` naming the file and the refused global;
+- paths: a query after the file name, as Detectron2 main accepts (``model.pth?matching_heuristics=True``
+  loads by name-matching heuristics), works on every Detectron2 version, and an unknown query
+  is an error before anything is read.
 """
 import io
 import os
 import pickle
 import tempfile
-from typing import Callable
+from typing import Callable, Dict, List, Optional
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import torch
@@ -80,8 +84,43 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
         raise
 
 
+QUERIES = {"matching_heuristics": ("True", "False")}
+
+
+def split_query(path: str):
+    """``(path without query, {name: value})``; ValueError for a query Detectron2 does not
+    know or a value it does not accept."""
+    parsed = urlparse(path)
+    if not parsed.query:
+        return path, {}
+    queries: Dict[str, List[str]] = parse_qs(parsed.query, keep_blank_values=True)
+    for name, values in queries.items():
+        if name not in QUERIES:
+            raise ValueError(f"MODEL.WEIGHTS={path!r}: unsupported query '{name}' "
+                             f"(supported: {sorted(QUERIES)})")
+        if len(values) != 1 or values[0] not in QUERIES[name]:
+            raise ValueError(f"MODEL.WEIGHTS={path!r}: query '{name}' must be one of "
+                             f"{list(QUERIES[name])}, got {values}")
+    return parsed._replace(query="").geturl(), {k: v[0] for k, v in queries.items()}
+
+
 class FocalCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with atomic saves and code-free loading (see module docstring)."""
+
+    _focal_queries: Optional[Dict[str, str]] = None
+
+    def load(self, path, *args, **kwargs):
+        # Detectron2 main parses the query in its own load() and applies it in _load_file,
+        # which we replace; v0.6 knows no queries. So the query is handled here, the same way
+        # on both, and the parent sees a plain path.
+        queries = {}
+        if path:
+            path, queries = split_query(path)
+        self._focal_queries = queries
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._focal_queries = None
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -119,6 +158,8 @@ class FocalCheckpointer(DetectionCheckpointer):
             ) from None
         if "model" not in loaded:
             loaded = {"model": loaded}
+        if (self._focal_queries or {}).get("matching_heuristics") == "True":
+            loaded["matching_heuristics"] = True
         return loaded
 
 

@@ -109,3 +109,38 @@ def test_sigkill_during_saves_leaves_a_loadable_last_checkpoint(tmp_path):
         i = extra["iteration"]
         assert torch.equal(model.weight, torch.full_like(model.weight, float(i)))
         assert torch.equal(extra["blob"], torch.full((2_000_000,), float(i)))
+
+
+def _renamed_checkpoint(tmp_path):
+    """A .pth whose keys lack the 'backbone.' prefix: loadable only by name matching."""
+    cfg = get_tiny_cfg()
+    torch.manual_seed(1)
+    src = build_model(cfg)
+    state = {k[len("backbone."):] if k.startswith("backbone.") else k: v
+             for k, v in src.state_dict().items()}
+    path = tmp_path / "renamed.pth"
+    torch.save({"model": state}, path)
+    key = "backbone.bottom_up.stem.conv1.weight"
+    return cfg, str(path), key, src.state_dict()[key]
+
+
+def test_matching_heuristics_query_loads_by_name_matching(tmp_path):
+    cfg, path, key, expected = _renamed_checkpoint(tmp_path)
+    torch.manual_seed(2)
+    plain = build_model(cfg)
+    FocalCheckpointer(plain).load(path)  # exact names: the renamed keys do not load
+    assert not torch.equal(plain.state_dict()[key], expected)
+    torch.manual_seed(2)
+    matched = build_model(cfg)
+    FocalCheckpointer(matched).load(path + "?matching_heuristics=True")
+    assert torch.equal(matched.state_dict()[key], expected)
+
+
+@pytest.mark.parametrize("query,match", [("bogus=1", "unsupported query 'bogus'"),
+                                         ("matching_heuristics=yes", "must be one of")])
+def test_unknown_or_bad_query_is_refused_before_reading(tmp_path, query, match):
+    cfg = get_tiny_cfg()
+    model = build_model(cfg)
+    missing = str(tmp_path / "does_not_exist.pth")  # not read: the query fails first
+    with pytest.raises(ValueError, match=match):
+        FocalCheckpointer(model).load(f"{missing}?{query}")
