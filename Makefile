@@ -8,8 +8,8 @@ DEMO_OUT ?= output/demo
 
 .PHONY: demo test test-slow env bench bench-model plots ablate loss-distribution clean-venv
 
-# Re-installs only when the pins, the Detectron2 installer or setup.py change.
-$(STAMP): requirements.txt tools/install_detectron2.py setup.py
+# Re-installs only when the pins, the Detectron2 installer, setup.py or the C++ loss change.
+$(STAMP): requirements.txt tools/install_detectron2.py setup.py focal_det/kernels/csrc/sigmoid_loss_cpu.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -r requirements.txt

@@ -16,6 +16,7 @@ def collect_env_info() -> str:
     import torch
 
     import focal_det
+    from focal_det import kernels
     from focal_det._detectron2 import has_real_extension
 
     rows = [
@@ -32,6 +33,12 @@ def collect_env_info() -> str:
         ("numpy", _version("numpy")),
         ("PIL", _version("PIL")),
         ("cv2", _version("cv2")),
+        ("triton", _version("triton")),
+        ("focal_det._C", "built (fused CPU loss)" if kernels.native_available()
+         else "not built: the CPU loss uses plain PyTorch ops (slower; reinstall with a C++ "
+              "compiler)"),
+        ("loss backend", f"cpu: {kernels.select_backend(torch.device('cpu'))}, cuda: "
+                         f"{'triton' if kernels.triton_loss.available() else 'reference'}"),
         ("CUDA available", str(torch.cuda.is_available())),
         ("GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"),
         ("torch threads", str(torch.get_num_threads())),
