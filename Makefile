@@ -5,6 +5,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.focal_det-installed
 DEMO_OUT ?= output/demo
+# A Detectron2 source tree or .tar.gz to build instead of v0.6 (e.g. upstream main), for a new
+# .venv: make clean-venv test DETECTRON2_SOURCE=/path/to/detectron2
+export DETECTRON2_SOURCE
 
 .PHONY: demo test test-slow env bench bench-model plots ablate loss-distribution clean-venv
 
