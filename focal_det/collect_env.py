@@ -1,15 +1,22 @@
 """Print the environment focal_det runs in (``make env``): like Detectron2's collect_env."""
 import importlib
+import importlib.metadata
 import os
 import sys
 
 
-def _version(name: str) -> str:
+def _version(name: str, dist: str = None) -> str:
     try:
         mod = importlib.import_module(name)
     except Exception as e:  # report, do not hide, what is broken
         return f"not importable ({type(e).__name__}: {e})"
-    return f"{getattr(mod, '__version__', '?')} @{os.path.dirname(mod.__file__)}"
+    version = getattr(mod, "__version__", None)
+    if version is None:  # e.g. pycocotools has no __version__
+        try:
+            version = importlib.metadata.version(dist or name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+    return f"{version} @{os.path.dirname(mod.__file__)}"
 
 
 def collect_env_info() -> str:
@@ -18,6 +25,7 @@ def collect_env_info() -> str:
     import focal_det
     from focal_det import kernels
     from focal_det._detectron2 import has_real_extension
+    from focal_det.evaluation import cocoeval_in_use
 
     rows = [
         ("Python", sys.version.split()[0]),
@@ -30,6 +38,8 @@ def collect_env_info() -> str:
               "unavailable; RetinaNet unaffected)"),
         ("fvcore", _version("fvcore")),
         ("pycocotools", _version("pycocotools")),
+        ("faster_coco_eval", _version("faster_coco_eval", "faster-coco-eval")),
+        ("COCO evaluation", cocoeval_in_use()),
         ("numpy", _version("numpy")),
         ("PIL", _version("PIL")),
         ("cv2", _version("cv2")),

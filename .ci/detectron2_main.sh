@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# CI job: focal_det against Detectron2 main, built from source with its C++ extension, in its
+# own environment with today's NumPy 2 / Pillow / OpenCV / setuptools, the plugin installed the
+# way the README tells users who bring their own Detectron2; then the whole test suite.
+#
+# Usage: .ci/detectron2_main.sh [DETECTRON2_SOURCE]   (a source tree or .tar.gz; default: the
+# upstream snapshot in ../shared/third_party). About 10 minutes on 2 cores, most of it compiling.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+src_arg=${1:-${DETECTRON2_SOURCE:-../shared/third_party/detectron2-main-02b5c4e2.tar.gz}}
+venv=${D2MAIN_VENV:-.venv-d2main}
+python=${PYTHON:-$(command -v python3.11 || command -v python3)}
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+"$py" -m pip install --quiet --upgrade pip
+# Today's stack: no NumPy/Pillow/OpenCV/setuptools pins (Detectron2 main needs none of them).
+"$py" -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "numpy>=2" pillow \
+  opencv-python-headless setuptools ninja pytest faster-coco-eval
+"$py" - <<'EOF'
+import numpy, PIL, cv2, setuptools, torch
+print(f"stack: numpy {numpy.__version__}, Pillow {PIL.__version__}, OpenCV {cv2.__version__}, "
+      f"setuptools {setuptools.__version__}, torch {torch.__version__}")
+EOF
+
+stamp="$venv/.detectron2-source"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$src_arg" ]; then
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  if [ -d "$src_arg" ]; then
+    src="$src_arg"
+  else
+    tar xzf "$src_arg" -C "$work"
+    tops=("$work"/*)
+    if [ ${#tops[@]} -ne 1 ]; then echo "$src_arg: expected one top folder" >&2; exit 1; fi
+    src="${tops[0]}"
+  fi
+  echo "Building Detectron2 from $src_arg (C++ extension; several minutes)"
+  MAX_JOBS=${MAX_JOBS:-2} "$py" -m pip install --quiet --no-build-isolation "$src"
+  echo "$src_arg" > "$stamp"
+fi
+
+# The README's install for a user's own Detectron2.
+"$py" -m pip install --quiet --no-build-isolation -e .
+"$py" -m focal_det.collect_env
+# Not from inside a Detectron2 source tree: it would shadow the installed package.
+"$py" -m pytest -q -p no:cacheprovider tests -rs
