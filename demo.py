@@ -16,7 +16,6 @@ import time
 import cv2
 import tqdm
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
@@ -81,7 +80,7 @@ def output_path(args, path, many):
 
 
 def run_images(cfg, args):
-    predictor, metadata = DefaultPredictor(cfg), metadata_of(cfg)
+    predictor, metadata = focal_det.Predictor(cfg), metadata_of(cfg)
     paths = expand_inputs(args.input)
     for path in tqdm.tqdm(paths, disable=not args.output, unit="image"):
         image = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -100,7 +99,7 @@ def run_images(cfg, args):
 
 
 def run_video(cfg, args):
-    predictor, metadata = DefaultPredictor(cfg), metadata_of(cfg)
+    predictor, metadata = focal_det.Predictor(cfg), metadata_of(cfg)
     video = cv2.VideoCapture(args.video_input)
     if not video.isOpened():
         raise SystemExit(f"--video-input {args.video_input!r}: cannot open this video")

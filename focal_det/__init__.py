@@ -17,5 +17,7 @@ from . import losses  # noqa: E402,F401  registers CLS_LOSS_REGISTRY entries
 from . import bias_init  # noqa: E402,F401  registers BIAS_INIT_REGISTRY entries
 from . import modeling  # noqa: E402,F401  registers FocalRetinaNet in META_ARCH_REGISTRY
 from . import data  # noqa: E402,F401  registers the built-in dataset
+from .checkpoint import UnsafeCheckpointError  # noqa: E402
+from .predictor import Predictor  # noqa: E402
 
-__all__ = ["__version__", "add_focal_det_config", "get_cfg"]
+__all__ = ["__version__", "add_focal_det_config", "get_cfg", "Predictor", "UnsafeCheckpointError"]
