@@ -41,8 +41,24 @@ def _command(tmp_path, out, resume):
             "MODEL.FOCAL_DET.LOSS_NORMALIZER", "ema"]
 
 
+def _run(cmd):
+    """Run a child to completion; on failure, the assertion shows its output."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stdout[-8000:]}"
+
+
 def _run_until_killed(cmd, out, checkpoints_seen, extra_delay):
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out.parent / f"{out.name}_child_{checkpoints_seen}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_checkpoint(proc, out, checkpoints_seen, extra_delay, log)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_for_checkpoint(proc, out, checkpoints_seen, extra_delay, log):
     deadline = time.time() + 900  # generous: a loaded CI machine can be 10x slower
     reached = False
     while time.time() < deadline and proc.poll() is None:
@@ -57,9 +73,12 @@ def _run_until_killed(cmd, out, checkpoints_seen, extra_delay):
             time.sleep(extra_delay)
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert reached, f"no {checkpoints_seen} checkpoint(s) in {out} before the kill deadline"
+    if not reached:
+        exited = proc.poll()
+        raise AssertionError(
+            f"no {checkpoints_seen} checkpoint(s) in {out} "
+            + (f"(the child exited with {exited})" if exited is not None else "before the deadline")
+            + f"; its output:\n{log.read_text()[-8000:]}")
 
 
 def _final_weights(out):
@@ -68,8 +87,7 @@ def _final_weights(out):
 
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
     ref = tmp_path / "uninterrupted"
-    subprocess.run(_command(tmp_path, ref, resume=False), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _run(_command(tmp_path, ref, resume=False))
 
     out = tmp_path / "killed"
     _run_until_killed(_command(tmp_path, out, resume=False), out, 1, 0.0)
@@ -79,8 +97,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
     last = (out / "last_checkpoint").read_text()
     ckpt = torch.load(out / last, map_location="cpu", weights_only=True)
     assert 0 < ckpt["iteration"] < MAX_ITER - 1
-    subprocess.run(_command(tmp_path, out, resume=True), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _run(_command(tmp_path, out, resume=True))
 
     starts = [int(line.rsplit(" ", 1)[1]) for line in open(out / "log.txt")
               if "Starting training from iteration" in line]
