@@ -68,7 +68,6 @@ def run(device, repeats):
     from focal_det.losses import FocalLoss, sigmoid_focal_loss
 
     logits, labels, targets = make_inputs(device)
-    classes = logits.shape[1]
     x = logits.clone().requires_grad_()
     ours_model = FocalLoss(gamma=2.0, alpha=0.25)
 
