@@ -7,8 +7,10 @@
 """
 import logging
 import os
+import sys
 import weakref
 
+import focal_det  # first: it imports fvcore/Detectron2 without their import-time warnings
 import detectron2.utils.comm as comm
 import torch
 from detectron2.data import (
@@ -26,13 +28,14 @@ from detectron2.engine import (
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-import focal_det
 from focal_det.evaluation import FocalCOCOEvaluator
 from focal_det.utils.ddp import cpu_ddp_support
 from focal_det.checkpoint import FocalCheckpointer
 from focal_det.config import check_num_classes
 from focal_det.data import prepare_datasets
 from focal_det.data.checks import FocalDatasetMapper, sanitize_boxes
+from focal_det.errors import FocalDetError
+from focal_det.preflight import MissingFileError, PreflightError, check_datasets, check_device
 from focal_det.data.resumable import PositionalDataset, PositionalSampler, SeededMapper
 
 logger = logging.getLogger("focal_det")
@@ -129,28 +132,45 @@ class Trainer(DefaultTrainer):
 def register_coco_datasets(specs) -> None:
     """``--register-coco NAME JSON IMAGE_ROOT`` (repeatable): a COCO-format dataset of your own,
     registered in every process before the config refers to it by NAME."""
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 
     for name, json_file, image_root in specs or ():
         if not os.path.isfile(json_file):
-            raise FileNotFoundError(f"--register-coco {name}: annotation file {json_file!r} "
+            raise MissingFileError(f"--register-coco {name}: annotation file {json_file!r} "
                                     "does not exist")
         if not os.path.isdir(image_root):
-            raise FileNotFoundError(f"--register-coco {name}: image folder {image_root!r} "
+            raise MissingFileError(f"--register-coco {name}: image folder {image_root!r} "
                                     "does not exist")
         if name in DatasetCatalog.list():
-            raise ValueError(f"--register-coco {name}: a dataset with this name is already "
-                             "registered (pick another name)")
+            if MetadataCatalog.get(name).get("json_file", None) == json_file:
+                continue  # this same registration, made again (e.g. after the preflight)
+            raise PreflightError(f"--register-coco {name}: a dataset with this name is already "
+                                 "registered (pick another name)")
         register_coco_instances(name, {}, json_file, image_root)
 
 
-def setup(args):
+def load_cfg(args):
     register_coco_datasets(getattr(args, "register_coco", None))
     cfg = focal_det.get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    return cfg
+
+
+def preflight(args) -> None:
+    """Before any process starts or anything is written: the device exists, and every dataset
+    this run reads is there and sound (focal_det.preflight)."""
+    cfg = load_cfg(args)
+    check_device(cfg.MODEL.DEVICE, args.num_gpus)
+    names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+    prepare_datasets(names)
+    check_datasets(names)
+
+
+def setup(args):
+    cfg = load_cfg(args)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_det")
     prepare_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
@@ -173,9 +193,9 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        FocalCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = FocalCheckpointer(model, save_dir=cfg.OUTPUT_DIR,
+                                         require_same_classes=True)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -205,5 +225,9 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     print("Command Line Args:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        preflight(args)
+        launch(main, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except FocalDetError as e:  # the user's input: one message, no traceback
+        sys.exit(f"train_net.py: {e}")

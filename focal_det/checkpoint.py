@@ -17,7 +17,9 @@
 import io
 import os
 import pickle
+import re
 import tempfile
+import zipfile
 from typing import Callable, Dict, List, Optional
 from urllib.parse import parse_qs, urlparse
 
@@ -25,9 +27,27 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .errors import FocalDetError
+from .utils.files import follow_umask
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    pass
+
+class UnsafeCheckpointError(FocalDetError, pickle.UnpicklingError):
+    """The file would run code (or load objects other than arrays/tensors) when unpickled."""
+
+
+class NotACheckpointError(FocalDetError, ValueError):
+    """The file is not a checkpoint at all (e.g. a text file named .pth)."""
+
+
+class ClassCountMismatchError(FocalDetError, ValueError):
+    """Weights trained for another number of classes, where they would be used as they are."""
+
+
+def _refused_global(message: str) -> str:
+    # torch's weights_only error names the global ("Unsupported global: GLOBAL io.open ...");
+    # keep that, drop its advice to load with weights_only=False.
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    return f"it asks for '{m.group(1)}'" if m else "it holds objects other than tensors"
 
 
 # What Detectron2 / Caffe2 .pkl checkpoints legitimately need to rebuild numpy arrays.
@@ -60,7 +80,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def load_pkl_safely(path: str) -> dict:
     with open(path, "rb") as f:
-        data = _RestrictedUnpickler(f, path).load()
+        try:
+            data = _RestrictedUnpickler(f, path).load()
+        except UnsafeCheckpointError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+            raise NotACheckpointError(
+                f"{path}: not a Detectron2 .pkl checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise UnsafeCheckpointError(f"{path}: expected a dict, got {type(data).__name__}")
     return data
@@ -77,6 +103,7 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        follow_umask(tmp)  # colleagues may read checkpoints as they read any other file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -105,9 +132,40 @@ def split_query(path: str):
 
 
 class FocalCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer with atomic saves and code-free loading (see module docstring)."""
+    """DetectionCheckpointer with atomic saves and code-free loading (see module docstring).
+
+    ``require_same_classes=True`` (evaluation, prediction) refuses weights whose class conv
+    was trained for another number of classes, naming both, instead of Detectron2's shape
+    warning and a randomly initialized classifier; training keeps the warning (fine-tuning)."""
 
     _focal_queries: Optional[Dict[str, str]] = None
+    _focal_path: str = ""
+
+    def __init__(self, model, save_dir="", *, require_same_classes: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.require_same_classes = require_same_classes
+
+    def _load_model(self, checkpoint):
+        if self.require_same_classes:
+            self._check_class_head(checkpoint["model"])
+        return super()._load_model(checkpoint)
+
+    def _check_class_head(self, weights) -> None:
+        model = getattr(self.model, "module", self.model)
+        key = "head.cls_score.weight"
+        own, theirs = model.state_dict().get(key), weights.get(key)
+        num_classes = getattr(model, "num_classes", None)
+        if own is None or theirs is None or not num_classes or theirs.shape == own.shape:
+            return  # other layouts (e.g. Caffe2 names) go through matching heuristics
+        anchors = own.shape[0] // num_classes
+        theirs_classes = theirs.shape[0] / anchors
+        named = (f"{int(theirs_classes)} classes" if theirs_classes.is_integer()
+                 else f"{theirs.shape[0]} outputs, not a multiple of {anchors} anchors")
+        raise ClassCountMismatchError(
+            f"{self._focal_path}: its class conv was trained for {named}, but "
+            f"MODEL.RETINANET.NUM_CLASSES is {num_classes}. Evaluating it would use a randomly "
+            "initialized classifier. Set MODEL.RETINANET.NUM_CLASSES to match the weights "
+            "(fine-tuning from them in training is allowed).")
 
     def load(self, path, *args, **kwargs):
         # Detectron2 main parses the query in its own load() and applies it in _load_file,
@@ -116,7 +174,7 @@ class FocalCheckpointer(DetectionCheckpointer):
         queries = {}
         if path:
             path, queries = split_query(path)
-        self._focal_queries = queries
+        self._focal_queries, self._focal_path = queries, path
         try:
             return super().load(path, *args, **kwargs)
         finally:
@@ -149,13 +207,23 @@ class FocalCheckpointer(DetectionCheckpointer):
                 data = data["blobs"]
             data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
             return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        with open(local, "rb") as f:
+            head = f.read(2)
+        if not zipfile.is_zipfile(local) and head[:1] != b"\x80":
+            raise NotACheckpointError(
+                f"{filename}: not a checkpoint (neither torch.save's zip format nor a pickle; "
+                f"it starts with {head!r})")
         try:
             loaded = torch.load(local, map_location=torch.device("cpu"), weights_only=True)
         except pickle.UnpicklingError as e:
             raise UnsafeCheckpointError(
-                f"{filename}: refusing to load with weights_only=True ({e}). focal_det loads "
-                "only tensors and plain containers from .pth files."
+                f"{filename}: refusing to load, {_refused_global(str(e))}, which a weights "
+                "file never contains; it may run code. focal_det loads only tensors and plain "
+                "containers from .pth files."
             ) from None
+        except Exception as e:  # a truncated or corrupted file
+            raise NotACheckpointError(
+                f"{filename}: not a readable checkpoint ({type(e).__name__}: {e})") from None
         if "model" not in loaded:
             loaded = {"model": loaded}
         if (self._focal_queries or {}).get("matching_heuristics") == "True":

@@ -26,4 +26,4 @@ class Predictor(DefaultPredictor):
         finally:
             quiet.setLevel(level)
         self.cfg = cfg.clone()
-        FocalCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        FocalCheckpointer(self.model, require_same_classes=True).load(cfg.MODEL.WEIGHTS)

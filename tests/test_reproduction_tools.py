@@ -137,5 +137,8 @@ def test_register_coco_errors_name_the_flag_and_file(coco, tmp_path):
     with pytest.raises(FileNotFoundError, match="--register-coco x: image folder"):
         train_net.register_coco_datasets([["x", coco[2], str(tmp_path / "missing")]])
     train_net.register_coco_datasets([["twice", coco[2], coco[3]]])
+    train_net.register_coco_datasets([["twice", coco[2], coco[3]]])  # the same again: fine
+    other = tmp_path / "other.json"
+    other.write_text(open(coco[2]).read())
     with pytest.raises(ValueError, match="--register-coco twice: a dataset with this name"):
-        train_net.register_coco_datasets([["twice", coco[2], coco[3]]])
+        train_net.register_coco_datasets([["twice", str(other), coco[3]]])

@@ -202,7 +202,7 @@ def main(argv=None) -> Dict[str, dict]:
         raise SystemExit("no dataset: pass --dataset or set DATASETS.TEST")
     prepare_datasets([dataset])
     model = build_model(cfg)
-    FocalCheckpointer(model).load(args.weights)
+    FocalCheckpointer(model, require_same_classes=True).load(args.weights)
     pos, neg, counts = collect_logits(cfg, model, dataset, args.num_images,
                                       args.max_negatives_per_image)
     result = analyze(pos, neg, sorted(set(args.gammas)))

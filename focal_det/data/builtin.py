@@ -22,6 +22,8 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
+from ..utils.files import follow_umask
+
 logger = logging.getLogger(__name__)
 
 CLASSES = ("circle", "square", "triangle", "cross")
@@ -168,6 +170,7 @@ def ensure_generated(spec: ShapesSpec = ShapesSpec(), root: str = None) -> str:
         _write_split(tmp, "train", spec.num_train, spec, spec.seed)
         _write_split(tmp, "val", spec.num_val, spec, spec.seed + 1)
         try:
+            follow_umask(tmp, directory=True)  # mkdtemp made it 0700
             os.rename(tmp, final)  # atomic: readers see all of it or none
         except OSError:
             if not os.path.exists(os.path.join(final, "val.json")):
