@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+import focal_det  # first: it imports fvcore/Detectron2 without their import-time warnings
 import cv2
 import tqdm
 from detectron2.data import MetadataCatalog
@@ -20,7 +21,6 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-import focal_det
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 logger = logging.getLogger("focal_det.demo")

@@ -6,9 +6,21 @@ and register the built-in dataset.
 """
 __version__ = "0.1.0"
 
+import warnings as _warnings
+
 from ._detectron2 import require_detectron2 as _require_detectron2
 
 _require_detectron2()
+
+with _warnings.catch_warnings():
+    # fvcore (its focal losses) and Detectron2 (box_regression) call torch.jit.script when
+    # imported, which torch 2.x deprecates: two FutureWarnings in every command. Third-party
+    # code we cannot change, imported once here with that one warning silenced; no filter is
+    # left installed.
+    _warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                             category=FutureWarning)
+    import fvcore.nn  # noqa: E402,F401
+    import detectron2.modeling  # noqa: E402,F401
 
 from .config import add_focal_det_config, get_cfg  # noqa: E402
 

@@ -175,6 +175,10 @@ def test_imagenet_style_backbone_pkl_loads_into_the_backbone(tmp_path):
         assert torch.equal(v, dst.backbone.bottom_up.state_dict()[k]), k
 
 
+# Tracing is what this test is about: torch deprecates its API, and tracing Detectron2's and
+# torchvision's code warns about Python control flow there (third-party code, not ours).
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_traced_model_gives_the_eager_boxes():
     model = build_model(get_tiny_cfg()).eval()
     with torch.no_grad():
