@@ -24,7 +24,8 @@ $(STAMP): requirements.txt tools/install_detectron2.py setup.py focal_det/kernel
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) train_net.py --config-file configs/builtin/retinanet_R18_shapes.yaml --vis-images 12 OUTPUT_DIR $(DEMO_OUT)
+	$(PY) train_net.py --config-file configs/builtin/retinanet_R18_shapes.yaml --vis-images 12 \
+		--keep-checkpoints 1 OUTPUT_DIR $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

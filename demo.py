@@ -21,6 +21,8 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from focal_det.errors import FocalDetError
+
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 logger = logging.getLogger("focal_det.demo")
@@ -79,30 +81,56 @@ def output_path(args, path, many):
     return args.output
 
 
-def run_images(cfg, args):
-    predictor, metadata = focal_det.Predictor(cfg), metadata_of(cfg)
+def check_output(args, paths) -> None:
+    """Before any work: one output file cannot hold several pictures."""
+    if args.output and len(paths) > 1 and os.path.splitext(args.output)[1] \
+            and not os.path.isdir(args.output):
+        raise SystemExit(f"--output {args.output!r} is a file name, but there are {len(paths)} "
+                         "inputs: give a folder")
+    if not args.output:
+        logger.warning("No --output given: detections are logged, no picture is written.")
+
+
+def run_images(cfg, args) -> int:
+    """Draw detections on every readable image; unreadable ones are reported and skipped.
+    Returns the number of images that failed."""
     paths = expand_inputs(args.input)
+    check_output(args, paths)
+    predictor, metadata = focal_det.Predictor(cfg), metadata_of(cfg)
+    failed, written = [], 0
     for path in tqdm.tqdm(paths, disable=not args.output, unit="image"):
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
-            raise SystemExit(f"{path}: not a readable image")
+            logger.error(f"{path}: not a readable image; skipped")
+            failed.append(path)
+            continue
         start = time.time()
         instances = predictor(image)["instances"].to("cpu")
         logger.info(f"{path}: {len(instances)} detections in {time.time() - start:.2f}s")
-        vis = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
-        drawn = vis.draw_instance_predictions(instances).get_image()[:, :, ::-1]
         out = output_path(args, path, len(paths) > 1)
         if out:
-            cv2.imwrite(out, drawn)
+            vis = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+            drawn = vis.draw_instance_predictions(instances).get_image()[:, :, ::-1]
+            if not cv2.imwrite(out, drawn):
+                logger.error(f"{out}: could not be written")
+                failed.append(path)
+                continue
+            written += 1
     if args.output:
-        logger.info(f"Wrote {len(paths)} image(s) to {args.output}")
+        logger.info(f"Wrote {written} image(s) to {args.output}")
+    if failed:
+        logger.error(f"{len(failed)} of {len(paths)} input(s) failed: {', '.join(failed[:5])}"
+                     + (" ..." if len(failed) > 5 else ""))
+    return len(failed)
 
 
-def run_video(cfg, args):
-    predictor, metadata = focal_det.Predictor(cfg), metadata_of(cfg)
+def run_video(cfg, args) -> int:
     video = cv2.VideoCapture(args.video_input)
-    if not video.isOpened():
-        raise SystemExit(f"--video-input {args.video_input!r}: cannot open this video")
+    ok, first = video.read() if video.isOpened() else (False, None)
+    if not ok:
+        raise SystemExit(f"--video-input {args.video_input!r}: not a video this OpenCV can read")
+    check_output(args, [args.video_input])
+    predictor, metadata = focal_det.Predictor(cfg), metadata_of(cfg)
     width, height = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
     fps = video.get(cv2.CAP_PROP_FPS) or 10.0
     frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -115,8 +143,8 @@ def run_video(cfg, args):
         writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
     count = 0
-    for _ in tqdm.tqdm(range(frames), unit="frame"):
-        ok, frame = video.read()
+    for i in tqdm.tqdm(range(max(frames, 1)), unit="frame"):
+        ok, frame = (True, first) if i == 0 else video.read()
         if not ok:
             break
         instances = predictor(frame)["instances"].to("cpu")
@@ -128,6 +156,9 @@ def run_video(cfg, args):
     if writer is not None:
         writer.release()
         logger.info(f"Wrote {count} annotated frames to {out}")
+    if count == 0:
+        raise SystemExit(f"--video-input {args.video_input!r}: no frame could be read")
+    return 0
 
 
 def main(argv=None):
@@ -137,11 +168,13 @@ def main(argv=None):
     cfg = setup_cfg(args)
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("give exactly one of --input or --video-input")
-    if args.input:
-        run_images(cfg, args)
-    else:
-        run_video(cfg, args)
+    failed = run_images(cfg, args) if args.input else run_video(cfg, args)
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except FocalDetError as e:  # the user's input (weights, files): one message, no traceback
+        sys.exit(f"demo.py: {e}")

@@ -21,6 +21,7 @@ from detectron2.data import (
 from detectron2.engine import (
     DefaultTrainer,
     HookBase,
+    hooks,
     default_argument_parser,
     default_setup,
     launch,
@@ -62,7 +63,10 @@ class ResumeStateHook(HookBase):
 
 
 class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
+    def __init__(self, cfg, keep_checkpoints: int = 0):
+        """``keep_checkpoints``: keep only this many most recent periodic checkpoints (besides
+        model_final); 0 keeps all, as Detectron2 does."""
+        self.keep_checkpoints = keep_checkpoints
         with cpu_ddp_support():  # lets several CPU processes (gloo) train too
             super().__init__(cfg)
 
@@ -72,7 +76,11 @@ class Trainer(DefaultTrainer):
         self.checkpointer = FocalCheckpointer(
             self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        return super().build_hooks() + [ResumeStateHook()]
+        ret = super().build_hooks()
+        for h in ret:
+            if isinstance(h, hooks.PeriodicCheckpointer) and self.keep_checkpoints > 0:
+                h.max_to_keep = self.keep_checkpoints
+        return ret + [ResumeStateHook()]
 
     @classmethod
     def build_train_loader(cls, cfg, start_position: int = 0):
@@ -177,12 +185,12 @@ def setup(args):
     return cfg
 
 
-def render(cfg, model, num_images):
+def render(cfg, model, num_images, curves: bool = True):
     """Training curves and prediction pictures, written next to the checkpoint."""
     from focal_det.utils.vis import plot_training_curves, save_prediction_images
 
-    curves = plot_training_curves(cfg.OUTPUT_DIR)
-    logger.info(f"Training curves: {curves}")
+    if curves:
+        logger.info(f"Training curves: {plot_training_curves(cfg.OUTPUT_DIR)}")
     if num_images > 0 and cfg.DATASETS.TEST:
         out = os.path.join(cfg.OUTPUT_DIR, "predictions")
         save_prediction_images(cfg, model, cfg.DATASETS.TEST[0], out, num_images)
@@ -199,9 +207,10 @@ def main(args):
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
+            render(cfg, model, args.vis_images, curves=False)  # no training, no curves
         return res
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, keep_checkpoints=args.keep_checkpoints)
     trainer.resume_or_load(resume=args.resume)
     res = trainer.train()
     if comm.is_main_process() and args.vis_images >= 0:
@@ -215,6 +224,9 @@ def get_parser():
     parser.add_argument("--vis-images", type=int, default=0,
                         help="after training, draw predictions on this many test images "
                              "(and always the training curves); -1 draws nothing")
+    parser.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
+                        help="keep only the N most recent periodic checkpoints besides "
+                             "model_final (default 0: all, as Detectron2)")
     parser.add_argument("--register-coco", nargs=3, action="append",
                         metavar=("NAME", "JSON", "IMAGE_ROOT"),
                         help="register a COCO-format dataset under NAME (repeatable); then "

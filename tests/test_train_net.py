@@ -3,6 +3,7 @@ its pictures, resumes from last_checkpoint, --eval-only loads MODEL.WEIGHTS; dem
 import glob
 import json
 import os
+import shutil
 
 import cv2
 import pytest
@@ -12,6 +13,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.utils.events import get_event_storage
 
 import demo
+import focal_det
 import train_net
 from focal_det.data import CLASSES, ShapesSpec, ensure_generated
 from tests.common import CONFIGS
@@ -74,10 +76,54 @@ def test_train_evaluate_render_resume_and_eval_only(tiny_dataset, tmp_path):
     trainer.train()
     assert trainer.iter == 6 and os.path.exists(out / "model_final.pth")
 
-    res = train_net.main(_args(tmp_path / "eval", "--eval-only",
+    res = train_net.main(_args(tmp_path / "eval", "--eval-only", "--vis-images", "2",
                                opts=["MODEL.WEIGHTS", str(out / "model_final.pth")]))
     assert set(res["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert all(0.0 <= res["bbox"][k] <= 100.0 for k in ("AP", "AP50", "AP75"))
+    assert len(glob.glob(str(tmp_path / "eval" / "predictions" / "*.png"))) == 2
+
+
+def test_pictures_have_captions_and_labelled_axes(tiny_dataset, tmp_path):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from focal_det.utils.vis import training_curves_figure, with_caption
+
+    rows = [{"iteration": i, "total_loss": 1.0 / (i + 1), "loss_cls": 0.5, "loss_box_reg": 0.5,
+             "lr": 0.01} for i in range(5)] + [{"iteration": 4, "bbox/AP": 10.0,
+                                                "bbox/AP50": 20.0, "bbox/AP75": 5.0}]
+    fig = training_curves_figure(rows)
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
+    plt.close(fig)
+    captioned = with_caption(np.full((40, 200, 3), 255, np.uint8), "ground truth (3 boxes)")
+    assert captioned.shape == (68, 200, 3) and (captioned[:28] < 128).any()  # text in the band
+    out = tmp_path / "run"
+    train_net.main(_args(out, "--vis-images", "1", opts=["SOLVER.MAX_ITER", "1"]))
+    picture = cv2.imread(glob.glob(str(out / "predictions" / "*.png"))[0])
+    half = (picture.shape[1] - 8) // 2
+    for part in (picture[:28, :half], picture[:28, half + 8:]):  # both halves captioned
+        assert (part < 128).any()
+
+
+def test_keep_checkpoints_keeps_the_newest_periodic_and_the_final(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    train_net.main(_args(out, "--vis-images", "-1", "--keep-checkpoints", "1",
+                         opts=["SOLVER.MAX_ITER", "7"]))  # periodic at iterations 1, 3, 5
+    assert sorted(p.name for p in out.glob("model_*.pth")) == ["model_0000005.pth",
+                                                               "model_final.pth"]
+
+
+def test_builtin_config_has_a_fixed_seed_and_two_runs_agree(tiny_dataset, tmp_path):
+    builtin = focal_det.get_cfg()
+    builtin.merge_from_file(os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"))
+    assert builtin.SEED >= 0
+    finals = []
+    for run in ("a", "b"):
+        args = _args(tmp_path / run, "--vis-images", "-1",
+                     opts=["SOLVER.MAX_ITER", "3", "SEED", str(builtin.SEED)])
+        train_net.main(args)
+        finals.append(torch.load(tmp_path / run / "model_final.pth", weights_only=True)["model"])
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
 
 
 def test_demo_draws_images_and_video(tiny_dataset, tmp_path):
@@ -103,6 +149,37 @@ def test_demo_draws_images_and_video(tiny_dataset, tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(images)
     with pytest.raises(SystemExit, match="no such image"):
         demo.main(common + ["--input", str(tmp_path / "missing*.jpg")] + opts)
+
+    # One unreadable file in a glob: reported and skipped, the others drawn, exit non-zero.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for p in images[:2]:
+        shutil.copy(p, mixed)
+    (mixed / "broken.jpg").write_text("not an image")
+    with pytest.raises(SystemExit) as e:
+        demo.main(common + ["--input", str(mixed / "*.jpg"), "--output",
+                            str(tmp_path / "mixed_out")] + opts)
+    assert e.value.code == 1
+    assert sorted(os.listdir(tmp_path / "mixed_out")) == sorted(os.path.basename(p)
+                                                                for p in images[:2])
+    # One output file for several inputs, and a non-video, are errors before any work.
+    with pytest.raises(SystemExit, match="is a file name, but there are 2 inputs"):
+        demo.main(common + ["--input", *images[:2], "--output", str(tmp_path / "x.png")] + opts)
+    assert not (tmp_path / "x.png").exists()
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(SystemExit, match="not a video this OpenCV can read"):
+        demo.main(common + ["--video-input", str(tmp_path / "notes.mp4"), "--output",
+                            str(tmp_path / "v2.mp4")] + opts)
+    assert not (tmp_path / "v2.mp4").exists()
+
+
+def test_demo_without_output_says_nothing_is_written(tiny_dataset, tmp_path, capfd):
+    out = tmp_path / "run"
+    train_net.main(_args(out, "--vis-images", "-1", opts=["SOLVER.MAX_ITER", "1"]))
+    image = sorted(glob.glob(os.path.join(tiny_dataset, "val", "*.jpg")))[0]
+    demo.main(["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
+               "--input", image, "--opts", "MODEL.WEIGHTS", str(out / "model_final.pth")])
+    assert "No --output given" in "".join(capfd.readouterr())
 
 
 def test_zero_detections_evaluate_to_ap_zero(tiny_dataset, tmp_path):

@@ -279,6 +279,7 @@ def plot(rows: List[dict], path: str, title: str) -> None:
     ax.set_yticklabels(names)
     ax.invert_yaxis()
     ax.set_xlabel("COCO box AP (bar: mean over seeds, whisker: std, dots: seeds)")
+    ax.set_ylabel("loss configuration")
     ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")  # (tight_layout warns on long labels)
     plt.close(fig)

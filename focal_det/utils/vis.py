@@ -20,38 +20,57 @@ def read_metrics(path: str) -> List[dict]:
     return rows
 
 
-def plot_training_curves(output_dir: str) -> str:
-    """Plot losses, learning rate and AP from ``output_dir/metrics.json``; return the PNG path."""
+def training_curves_figure(rows: List[dict]):
+    """The figure of losses, learning rate and AP over iterations, every axis labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(os.path.join(output_dir, "metrics.json"))
     train = [r for r in rows if "total_loss" in r]
     evals = [r for r in rows if "bbox/AP" in r]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     it = [r["iteration"] for r in train]
     for key in ("total_loss", "loss_cls", "loss_box_reg"):
         axes[0].plot(it, [r.get(key, np.nan) for r in train], label=key)
-    axes[0].set(title="losses", xlabel="iteration", yscale="log")
+    axes[0].set(title="losses", xlabel="iteration", ylabel="loss (log scale)", yscale="log")
     axes[0].legend()
     axes[1].plot(it, [r.get("lr", np.nan) for r in train])
-    axes[1].set(title="learning rate", xlabel="iteration")
+    axes[1].set(title="learning rate", xlabel="iteration", ylabel="learning rate")
     for key in ("bbox/AP", "bbox/AP50", "bbox/AP75"):
         axes[2].plot([r["iteration"] for r in evals], [r[key] for r in evals], "o-", label=key)
-    axes[2].set(title="COCO AP (val)", xlabel="iteration", ylim=(0, 100))
+    axes[2].set(title="COCO AP (val)", xlabel="iteration", ylabel="box AP (%)", ylim=(0, 100))
     axes[2].legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(output_dir: str) -> str:
+    """Plot losses, learning rate and AP from ``output_dir/metrics.json``; return the PNG path."""
+    import matplotlib.pyplot as plt
+
+    fig = training_curves_figure(read_metrics(os.path.join(output_dir, "metrics.json")))
     path = os.path.join(output_dir, "training_curves.png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
 
+def with_caption(image: np.ndarray, text: str, height: int = 28) -> np.ndarray:
+    """``image`` (H, W, 3) under a white band holding ``text`` in black."""
+    import cv2
+
+    band = np.full((height, image.shape[1], 3), 255, dtype=np.uint8)
+    scale = min(0.7, max(0.35, image.shape[1] / 700))
+    cv2.putText(band, text, (6, height - 9), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return np.concatenate([band, image], axis=0)
+
+
 def save_prediction_images(cfg, model, dataset_name: str, out_dir: str, num_images: int,
                            score_thresh: float = 0.3) -> List[str]:
-    """Draw ground truth (left) and predictions (right) with Detectron2's Visualizer."""
+    """Draw ground truth (left) and predictions (right) with Detectron2's Visualizer, each half
+    captioned."""
     import cv2
     import torch
     import tqdm
@@ -76,7 +95,9 @@ def save_prediction_images(cfg, model, dataset_name: str, out_dir: str, num_imag
         inst = inst[inst.scores >= score_thresh]
         rgb = bgr[:, :, ::-1]
         gt = Visualizer(rgb, metadata, scale=3.0).draw_dataset_dict(d).get_image()
+        gt = with_caption(gt, f"ground truth ({len(d.get('annotations', []))} boxes)")
         pred = Visualizer(rgb, metadata, scale=3.0).draw_instance_predictions(inst).get_image()
+        pred = with_caption(pred, f"prediction ({len(inst)} with score >= {score_thresh})")
         gap = np.full((gt.shape[0], 8, 3), 255, dtype=np.uint8)
         path = os.path.join(out_dir, os.path.splitext(os.path.basename(d["file_name"]))[0] + ".png")
         cv2.imwrite(path, np.concatenate([gt, gap, pred], axis=1)[:, :, ::-1])
