@@ -75,14 +75,29 @@ def test_missing_json_names_file_and_where_datasets_live(tmp_path, shapes, monke
         check_datasets(["nope"])
 
 
-def test_bad_boxes_are_one_warning_with_counts(tmp_path, shapes, caplog):
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_bad_boxes_are_one_warning_with_counts(tmp_path, shapes):
     def edit(coco):
         coco["annotations"][0]["bbox"][2] = -5  # negative width
         coco["annotations"][1]["bbox"][0] = -10  # outside the image
     name, _ = _dataset(tmp_path, shapes, edit=edit)
-    with caplog.at_level(logging.WARNING, logger="focal_det.preflight"):
+    # A handler on the logger itself: Detectron2's setup_logger (run by other tests) turns
+    # off propagation of "focal_det", which pytest's caplog relies on.
+    handler, log = _Records(), logging.getLogger("focal_det.preflight")
+    log.addHandler(handler)
+    try:
         check_datasets([name])
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    finally:
+        log.removeHandler(handler)
+    warnings = [r.getMessage() for r in handler.records]
     assert len(warnings) == 1 and "1 box(es) with no area" in warnings[0]
     assert "1 box(es) reaching outside" in warnings[0]
 
