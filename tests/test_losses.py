@@ -369,3 +369,15 @@ def test_bad_prior_names_the_key(prior):
     cfg.MODEL.FOCAL_DET.HEAD.PRIOR_PROB = prior
     with pytest.raises(ValueError, match=r"MODEL.FOCAL_DET.HEAD.PRIOR_PROB=.*\(0, 1\)"):
         class_bias_value(cfg, build_cls_loss(cfg))
+
+
+def test_positional_order_is_torchvision_and_fvcore():
+    """sigmoid_focal_loss(inputs, targets, alpha, gamma, reduction), as torchvision's and
+    fvcore's; FL* likewise, then beta."""
+    x, t = _inputs()
+    ours = sigmoid_focal_loss(x, t, 0.5, 1.0, "sum")
+    torch.testing.assert_close(ours, tv_focal(x, t, 0.5, 1.0, "sum"), rtol=1e-6, atol=1e-6)
+    ours = sigmoid_focal_loss(inputs=x, targets=t, alpha=0.5, gamma=1.0, reduction="mean")
+    torch.testing.assert_close(ours, fv_focal(x, t, 0.5, 1.0, "mean"), rtol=1e-6, atol=1e-6)
+    star = sigmoid_focal_loss_star(x, t, 0.25, 2.0, "sum", 0.0)
+    torch.testing.assert_close(star, fv_star(x, t, 0.25, 2.0, "sum"), rtol=1e-6, atol=1e-6)
