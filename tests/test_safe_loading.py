@@ -1,7 +1,7 @@
 """No entry point runs code from a checkpoint: a crafted .pkl and a crafted .pth (whose
 unpickling would create a marker file) are refused with UnsafeCheckpointError naming the file,
-by train_net.py (train, --resume, --eval-only), demo.py, tools/loss_distribution.py and
-focal_det.Predictor, each in its own process. Legitimate .pth and .pkl files still load."""
+by train_net.py (train, --resume, --eval-only), demo.py, tools/loss_distribution.py,
+tools/export_model.py and focal_det.Predictor, each in its own process. Legitimate .pth and .pkl files still load."""
 import os
 import pickle
 import subprocess
@@ -86,6 +86,9 @@ def _command(entry, weights, folder, image, out):
     if entry == "loss_distribution":
         return [py, "tools/loss_distribution.py", "--config-file", CONFIG, "--weights", weights,
                 "--output", str(out), "--dataset", "focal_det_shapes_val"]
+    if entry == "export":
+        return [py, "tools/export_model.py", "--config-file", CONFIG, "--format", "onnx",
+                "--output", str(out), "MODEL.WEIGHTS", weights]
     if entry == "predictor":
         code = ("import focal_det; cfg = focal_det.get_cfg(); "
                 f"cfg.merge_from_file({CONFIG!r}); cfg.MODEL.WEIGHTS = {weights!r}; "
@@ -94,7 +97,7 @@ def _command(entry, weights, folder, image, out):
     raise ValueError(entry)
 
 
-ENTRIES = ["train", "resume", "eval_only", "demo", "loss_distribution", "predictor"]
+ENTRIES = ["train", "resume", "eval_only", "demo", "loss_distribution", "export", "predictor"]
 
 
 @pytest.mark.parametrize("suffix", ["pkl", "pth"])

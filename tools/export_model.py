@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Export a trained FocalRetinaNet to TorchScript or ONNX (as Detectron2's
+tools/deploy/export_model.py), with a small script that runs the exported model.
+
+    python tools/export_model.py --config-file configs/builtin/retinanet_R18_shapes.yaml \\
+        --format onnx --output exported/ MODEL.WEIGHTS output/demo/model_final.pth
+    python exported/run_model.py some_image.jpg
+
+Weights load through FocalCheckpointer (no code runs from them; weights for another number of
+classes are refused). The export traces the model with Detectron2's ``TracingAdapter``: the
+exported graph takes one image, (3, H, W) float32 in ``INPUT.FORMAT`` channel order, already
+resized as Detectron2's ``DefaultPredictor`` does (``run_model.py`` shows how), any H and W;
+it returns boxes (N, 4) in that image's pixels, classes (N,) int64, scores (N,) and the image
+size. Everything after the network (the loss's probabilities, e.g. FL*'s
+sigmoid(gamma x + beta), top-k, box decoding, NMS) is in the graph. ONNX uses opset 17 and
+runs in onnxruntime; TorchScript needs torch and torchvision (for its NMS op) to run.
+``--export-method scripting`` is not supported for FocalRetinaNet yet (see README).
+"""
+import argparse
+import os
+import sys
+import warnings
+
+import focal_det  # first: it imports fvcore/Detectron2 without their import-time warnings
+import torch
+from detectron2.export import TracingAdapter
+from detectron2.modeling import build_model
+
+from focal_det.checkpoint import FocalCheckpointer
+from focal_det.errors import FocalDetError
+
+OUTPUT_NAMES = ["boxes", "classes", "scores", "image_size"]  # TracingAdapter's flat order
+OPSET = 17
+
+RUNNER = '''#!/usr/bin/env python
+"""Run the exported focal_det model on images: python run_model.py IMAGE [IMAGE ...]"""
+import sys
+
+import cv2
+import numpy as np
+{imports}
+MIN_SIZE, MAX_SIZE, FORMAT = {min_size}, {max_size}, {input_format!r}
+CLASSES = {classes!r}
+
+
+def preprocess(bgr):
+    """Detectron2's DefaultPredictor: shortest edge to MIN_SIZE, longest at most MAX_SIZE."""
+    h, w = bgr.shape[:2]
+    scale = MIN_SIZE / min(h, w)
+    if max(h, w) * scale > MAX_SIZE:
+        scale = MAX_SIZE / max(h, w)
+    nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+    image = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if FORMAT == "RGB":
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image.transpose(2, 0, 1).astype("float32")), (w / nw, h / nh)
+
+
+{load}
+for path in sys.argv[1:]:
+    bgr = cv2.imread(path)
+    if bgr is None:
+        sys.exit(f"{{path}}: not a readable image")
+    image, (sx, sy) = preprocess(bgr)
+    boxes, classes, scores = run(image)
+    boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)  # back to the input's pixels
+    print(f"{{path}}: {{len(scores)}} detections")
+    for b, c, s in zip(boxes, classes, scores):
+        name = CLASSES[c] if c < len(CLASSES) else str(c)
+        print(f"  {{name:>12}} {{s:.3f}}  [{{b[0]:.1f}}, {{b[1]:.1f}}, {{b[2]:.1f}}, {{b[3]:.1f}}]")
+'''
+
+RUNTIMES = {
+    "onnx": ("import onnxruntime as ort\n",
+             'session = ort.InferenceSession(sys.path[0] + "/model.onnx")\n\n\n'
+             "def run(image):\n"
+             '    boxes, classes, scores, _ = session.run(None, {"image": image})\n'
+             "    return boxes, classes, scores\n"),
+    "torchscript": ("import torch\nimport torchvision  # noqa: F401  (registers its NMS op)\n",
+                    'model = torch.jit.load(sys.path[0] + "/model.ts")\n\n\n'
+                    "def run(image):\n"
+                    "    with torch.no_grad():\n"
+                    "        boxes, classes, scores, _ = model(torch.from_numpy(image))\n"
+                    "    return boxes.numpy(), classes.numpy(), scores.numpy()\n"),
+}
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--export-method", choices=["tracing", "scripting"], default="tracing")
+    p.add_argument("--output", required=True, help="folder for the model and run_model.py")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="config overrides, e.g. MODEL.WEIGHTS model_final.pth")
+    return p
+
+
+def load_model(cfg):
+    if not cfg.MODEL.WEIGHTS:
+        raise FocalDetError("MODEL.WEIGHTS is empty: give the trained weights to export")
+    model = build_model(cfg).eval()
+    FocalCheckpointer(model, require_same_classes=True).load(cfg.MODEL.WEIGHTS)
+    return model
+
+
+def trace_adapter(model, cfg):
+    """TracingAdapter around ``model`` with a sample image of the test size (the graph is
+    not specialized to it)."""
+    size = cfg.INPUT.MIN_SIZE_TEST
+    sample = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    return TracingAdapter(model, [{"image": sample}]).eval()
+
+
+def export(cfg, fmt: str, out_dir: str) -> str:
+    model = load_model(cfg)
+    adapter = trace_adapter(model, cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracing Detectron2's and torchvision's code warns about its Python control flow; the
+        # exported graphs are checked against eager mode at several sizes (tests/test_export.py).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if fmt == "onnx":
+            path = os.path.join(out_dir, "model.onnx")
+            torch.onnx.export(adapter, adapter.flattened_inputs, path, dynamo=False,
+                              opset_version=OPSET, input_names=["image"],
+                              output_names=OUTPUT_NAMES,
+                              dynamic_axes={"image": {1: "height", 2: "width"},
+                                            **{n: {0: "detections"} for n in OUTPUT_NAMES[:3]}})
+        else:
+            path = os.path.join(out_dir, "model.ts")
+            torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False).save(path)
+    write_runner(cfg, fmt, out_dir)
+    return path
+
+
+def write_runner(cfg, fmt: str, out_dir: str) -> None:
+    from detectron2.data import MetadataCatalog
+
+    classes = []
+    if len(cfg.DATASETS.TEST):
+        classes = list(MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", []))
+    imports, load = RUNTIMES[fmt]
+    text = RUNNER.format(imports=imports, load=load, min_size=cfg.INPUT.MIN_SIZE_TEST,
+                         max_size=cfg.INPUT.MAX_SIZE_TEST, input_format=cfg.INPUT.FORMAT,
+                         classes=classes)
+    with open(os.path.join(out_dir, "run_model.py"), "w") as f:
+        f.write(text)
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    if args.export_method == "scripting":
+        raise FocalDetError("--export-method scripting: FocalRetinaNet cannot be scripted yet "
+                            "(its post-processing and FOLD_NORMS are not TorchScript-compatible);"
+                            " use --export-method tracing, which exports the same detections")
+    cfg = focal_det.get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    path = export(cfg, args.format, args.output)
+    print(f"Exported {path}; run it with: python {os.path.join(args.output, 'run_model.py')} "
+          "IMAGE")
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except FocalDetError as e:
+        sys.exit(f"export_model.py: {e}")
