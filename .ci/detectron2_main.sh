@@ -18,7 +18,7 @@ py="$venv/bin/python"
 "$py" -m pip install --quiet --upgrade pip
 # Today's stack: no NumPy/Pillow/OpenCV/setuptools pins (Detectron2 main needs none of them).
 "$py" -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "numpy>=2" pillow \
-  opencv-python-headless setuptools ninja pytest faster-coco-eval
+  opencv-python-headless setuptools ninja pytest faster-coco-eval onnx onnxruntime
 "$py" - <<'EOF'
 import numpy, PIL, cv2, setuptools, torch
 print(f"stack: numpy {numpy.__version__}, Pillow {PIL.__version__}, OpenCV {cv2.__version__}, "
