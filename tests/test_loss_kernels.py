@@ -226,3 +226,39 @@ def test_users_plain_pytorch_kernel_still_runs():
 
 def test_triton_interpreter_is_what_the_suite_runs():
     assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+
+
+def test_auto_selected_triton_that_cannot_compile_falls_back_with_a_warning(monkeypatch):
+    """On a GPU machine where Triton cannot build its launcher, the loss is still computed
+    (by the reference, same numbers) and a warning says why; simulated here on CPU."""
+    import logging
+
+    from focal_det.kernels import triton_loss
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler")
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("focal_det.kernels").addHandler(handler)
+    monkeypatch.setattr(triton_loss, "sigmoid_loss", broken)
+    monkeypatch.setattr(kernels, "_triton_failed", None)
+    monkeypatch.setenv("FOCAL_DET_LOSS_BACKEND", "auto")
+    x = torch.randn(40, 5).requires_grad_()
+    labels = _labels(40, 5, seed=6)
+    spec = LossSpec(False, 2.0, 0.25)
+    try:
+        got = kernels._FusedLoss.apply(x, labels, None, spec, "sum", "triton")
+    finally:
+        logging.getLogger("focal_det.kernels").removeHandler(handler)
+    with use_backend("reference"):
+        expected = fused_loss(x, spec, "sum", labels=labels)
+    torch.testing.assert_close(got, expected)
+    assert any("could not run" in r.getMessage() for r in records)
+    assert kernels._triton_failed is not None  # later calls go straight to the fallback
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert kernels.select_backend(torch.device("cuda")) == "reference"
+    with pytest.raises(RuntimeError, match="C compiler"):  # a forced backend never hides it
+        with use_backend("triton"):
+            kernels._FusedLoss.apply(x, labels, None, spec, "sum", "triton")

@@ -14,9 +14,19 @@ float64 references):
 
 ``auto`` (the default) picks ``native`` on CPU, ``triton`` on CUDA, else ``reference``. Set
 ``FOCAL_DET_LOSS_BACKEND`` to ``native``, ``triton`` or ``reference`` to force one (an
-unavailable choice is an error, not a silent fallback), or use :func:`use_backend`.
+unavailable choice is an error, not a silent fallback), or use :func:`use_backend`. If the
+auto-selected Triton kernel cannot be compiled (Triton builds its launcher with the system C
+compiler on first use), a warning says so and the reference computes the same numbers.
+
+Why these mechanisms: a C++ operator compiled at install time needs no compiler at run time,
+is one OpenMP region per call (robust when a DataLoader worker takes a core), and sums
+deterministically; ``torch.compile`` would compile at run time (seconds, a compiler on every
+user's machine) and was slower than eager for this model on CPU. On CUDA, Triton comes with
+PyTorch's wheels (no nvcc at install, one kernel per call, any GPU PyTorch supports), and its
+interpreter lets CI check the very same kernel on a CPU.
 """
 import contextlib
+import logging
 import os
 from typing import NamedTuple, Optional
 
@@ -32,6 +42,8 @@ __all__ = ["LossSpec", "fused_loss", "select_backend", "use_backend", "native_av
 BACKENDS = ("auto", "native", "triton", "reference")
 _REDUCTION_CODES = {"none": 0, "sum": 1, "mean": 2}
 _forced: Optional[str] = None
+_triton_failed: Optional[str] = None  # why the auto-selected Triton kernel could not run
+logger = logging.getLogger(__name__)
 
 
 class LossSpec(NamedTuple):
@@ -73,7 +85,7 @@ def _check_name(name: str, where: str) -> None:
 
 def select_backend(device: torch.device) -> str:
     """The backend that computes the loss for tensors on ``device`` (see module docstring)."""
-    name = _forced or os.environ.get("FOCAL_DET_LOSS_BACKEND", "auto")
+    name = _requested()
     _check_name(name, "FOCAL_DET_LOSS_BACKEND")
     if name == "native" and not native_available():
         raise RuntimeError(
@@ -87,7 +99,7 @@ def select_backend(device: torch.device) -> str:
         raise RuntimeError("the triton backend runs CPU tensors only under TRITON_INTERPRET=1")
     if name != "auto":
         return name
-    if device.type == "cuda" and triton_loss.available():
+    if device.type == "cuda" and triton_loss.available() and _triton_failed is None:
         return "triton"
     if device.type == "cpu" and native_available():
         return "native"
@@ -120,14 +132,32 @@ def _reference(x2d, labels, targets, spec, elementwise, scale, need_grad):
     return loss, grad
 
 
-def _run(backend, x2d, labels, targets, spec, reduction, scale, need_grad):
-    code = _REDUCTION_CODES[reduction]
-    if backend == "reference":
-        return _reference(x2d, labels, targets, spec, code == 0, scale, need_grad)
+def _requested() -> str:
+    return _forced or os.environ.get("FOCAL_DET_LOSS_BACKEND", "auto")
+
+
+def _kernel(backend, x2d, labels, targets, spec, code, scale, need_grad):
     fn = torch.ops.focal_det.sigmoid_loss if backend == "native" else triton_loss.sigmoid_loss
     loss, grad = fn(x2d, labels, targets, spec.star, spec.gamma, spec.alpha, spec.beta, code,
                     scale, need_grad)
     return loss, (grad if need_grad else None)
+
+
+def _run(backend, x2d, labels, targets, spec, reduction, scale, need_grad):
+    global _triton_failed
+    code = _REDUCTION_CODES[reduction]
+    if backend == "triton" and _requested() == "auto":
+        try:
+            return _kernel("triton", x2d, labels, targets, spec, code, scale, need_grad)
+        except Exception as e:  # e.g. no C compiler for Triton's launcher on this machine
+            _triton_failed = f"{type(e).__name__}: {e}"
+            logger.warning(f"The Triton loss kernel could not run ({_triton_failed}); "
+                           "computing the loss with plain PyTorch ops instead (same numbers, "
+                           "slower). FOCAL_DET_LOSS_BACKEND=reference silences this.")
+            backend = "reference"
+    if backend == "reference":
+        return _reference(x2d, labels, targets, spec, code == 0, scale, need_grad)
+    return _kernel(backend, x2d, labels, targets, spec, code, scale, need_grad)
 
 
 class _FusedLoss(torch.autograd.Function):
