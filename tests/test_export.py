@@ -1,7 +1,8 @@
 """tools/export_model.py: the exported model, run in its own runtime (TorchScript in torch, ONNX
 in onnxruntime), gives eager FocalRetinaNet's detections on built-in-style val images at two
 input sizes (same count and classes, boxes within 1e-3 relative, scores within 1e-4), FL*'s
-probabilities included; the runner script it writes works."""
+probabilities included, by tracing (both formats) and by scripting (TorchScript); the runner
+script it writes works."""
 import glob
 import os
 import subprocess
@@ -46,20 +47,27 @@ def _model_and_weights(tmp_path, loss):
     return model, str(path)
 
 
-def _export(fmt, weights, out, loss):
+def _export(fmt, weights, out, loss, method="tracing"):
     cmd = [sys.executable, "tools/export_model.py", "--config-file", CONFIG, "--format", fmt,
-           "--output", str(out), "MODEL.WEIGHTS", weights, *LOSSES[loss]]
+           "--export-method", method, "--output", str(out), "MODEL.WEIGHTS", weights,
+           *LOSSES[loss]]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _runtime(fmt, out):
+def _runtime(fmt, out, method):
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(out / "model.onnx"))
         return lambda image: session.run(None, {"image": image.numpy()})[:3]
     model = torch.jit.load(str(out / "model.ts"))
+    if method == "scripting":
+        def run_scripted(image):
+            with torch.no_grad():
+                out = model([{"image": image}])[0]
+            return [out[k].numpy() for k in ("pred_boxes", "pred_classes", "scores")]
+        return run_scripted
 
     def run(image):
         with torch.no_grad():
@@ -69,12 +77,15 @@ def _runtime(fmt, out):
 
 # Loading TorchScript is what the torchscript case tests; torch deprecates the API.
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-@pytest.mark.parametrize("fmt,loss", [("onnx", "fl"), ("torchscript", "fl"), ("onnx", "flstar")])
-def test_exported_model_gives_the_eager_detections(fmt, loss, images, tmp_path):
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("fmt,loss,method", [
+    ("onnx", "fl", "tracing"), ("torchscript", "fl", "tracing"), ("onnx", "flstar", "tracing"),
+    ("torchscript", "fl", "scripting"), ("torchscript", "flstar", "scripting")])
+def test_exported_model_gives_the_eager_detections(fmt, loss, method, images, tmp_path):
     model, weights = _model_and_weights(tmp_path, loss)
     out = tmp_path / "exported"
-    _export(fmt, weights, out, loss)
-    run = _runtime(fmt, out)
+    _export(fmt, weights, out, loss, method)
+    run = _runtime(fmt, out, method)
     for bgr in images[0]:
         image = torch.as_tensor(bgr.transpose(2, 0, 1).astype("float32"))
         with torch.no_grad():
@@ -88,20 +99,23 @@ def test_exported_model_gives_the_eager_detections(fmt, loss, images, tmp_path):
         assert model.cls_loss.gamma == 2.0 and model.cls_loss.beta == 1.0
 
 
-def test_runner_script_prints_detections(images, tmp_path):
+@pytest.mark.parametrize("fmt,method", [("onnx", "tracing"), ("torchscript", "scripting")])
+def test_runner_script_prints_detections(fmt, method, images, tmp_path):
     _, weights = _model_and_weights(tmp_path, "fl")
     out = tmp_path / "exported"
-    _export("onnx", weights, out, "fl")
+    _export(fmt, weights, out, "fl", method)
     proc = subprocess.run([sys.executable, str(out / "run_model.py"), images[1]],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "detections" in proc.stdout and "[" in proc.stdout, proc.stdout
 
 
-def test_scripting_and_missing_weights_are_clear_errors(tmp_path):
-    for extra, match in ((["--export-method", "scripting", "MODEL.WEIGHTS", "x.pth"],
-                          "cannot be scripted yet"), ([], "MODEL.WEIGHTS is empty")):
+def test_onnx_scripting_and_missing_weights_are_clear_errors(tmp_path):
+    for fmt, extra, match in (
+            ("onnx", ["--export-method", "scripting", "MODEL.WEIGHTS", "x.pth"],
+             "works with --format torchscript only"),
+            ("torchscript", [], "MODEL.WEIGHTS is empty")):
         proc = subprocess.run([sys.executable, "tools/export_model.py", "--config-file", CONFIG,
-                               "--format", "torchscript", "--output", str(tmp_path), *extra],
+                               "--format", fmt, "--output", str(tmp_path), *extra],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and match in proc.stderr and "Traceback" not in proc.stderr

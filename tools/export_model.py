@@ -14,7 +14,12 @@ it returns boxes (N, 4) in that image's pixels, classes (N,) int64, scores (N,) 
 size. Everything after the network (the loss's probabilities, e.g. FL*'s
 sigmoid(gamma x + beta), top-k, box decoding, NMS) is in the graph. ONNX uses opset 17 and
 runs in onnxruntime; TorchScript needs torch and torchvision (for its NMS op) to run.
-``--export-method scripting`` is not supported for FocalRetinaNet yet (see README).
+
+``--format torchscript --export-method scripting`` scripts the model instead
+(``focal_det.modeling.scripting``, Detectron2's ``scripting_with_instances``): the model takes
+``[{"image": (3, H, W) float32}]`` (a list, any number of images) and returns one dict per image
+with ``pred_boxes``, ``scores``, ``pred_classes``; normalization layers are folded into the
+convolutions. ONNX export is by tracing only (as in Detectron2).
 """
 import argparse
 import os
@@ -82,6 +87,14 @@ RUNTIMES = {
                     "    with torch.no_grad():\n"
                     "        boxes, classes, scores, _ = model(torch.from_numpy(image))\n"
                     "    return boxes.numpy(), classes.numpy(), scores.numpy()\n"),
+    "torchscript-scripted": (
+        "import torch\nimport torchvision  # noqa: F401  (registers its NMS op)\n",
+        'model = torch.jit.load(sys.path[0] + "/model.ts")\n\n\n'
+        "def run(image):\n"
+        "    with torch.no_grad():\n"
+        '        out = model([{"image": torch.from_numpy(image)}])[0]\n'
+        '    return (out["pred_boxes"].numpy(), out["pred_classes"].numpy(),\n'
+        '            out["scores"].numpy())\n'),
 }
 
 
@@ -112,10 +125,17 @@ def trace_adapter(model, cfg):
     return TracingAdapter(model, [{"image": sample}]).eval()
 
 
-def export(cfg, fmt: str, out_dir: str) -> str:
+def export(cfg, fmt: str, out_dir: str, method: str = "tracing") -> str:
     model = load_model(cfg)
-    adapter = trace_adapter(model, cfg)
     os.makedirs(out_dir, exist_ok=True)
+    if method == "scripting":
+        from focal_det.modeling.scripting import script_for_export
+
+        path = os.path.join(out_dir, "model.ts")
+        script_for_export(model).save(path)
+        write_runner(cfg, "torchscript-scripted", out_dir)
+        return path
+    adapter = trace_adapter(model, cfg)
     with torch.no_grad(), warnings.catch_warnings():
         # Tracing Detectron2's and torchvision's code warns about its Python control flow; the
         # exported graphs are checked against eager mode at several sizes (tests/test_export.py).
@@ -150,15 +170,14 @@ def write_runner(cfg, fmt: str, out_dir: str) -> None:
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    if args.export_method == "scripting":
-        raise FocalDetError("--export-method scripting: FocalRetinaNet cannot be scripted yet "
-                            "(its post-processing and FOLD_NORMS are not TorchScript-compatible);"
-                            " use --export-method tracing, which exports the same detections")
+    if args.export_method == "scripting" and args.format != "torchscript":
+        raise FocalDetError(f"--export-method scripting works with --format torchscript only "
+                            f"(got --format {args.format}); ONNX export is by tracing")
     cfg = focal_det.get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
-    path = export(cfg, args.format, args.output)
+    path = export(cfg, args.format, args.output, args.export_method)
     print(f"Exported {path}; run it with: python {os.path.join(args.output, 'run_model.py')} "
           "IMAGE")
     return path

@@ -11,12 +11,14 @@ from explicit keywords) and which provides:
 - ``loss(logits, targets, reduction)``: the same loss with float targets of logits' shape.
 - ``probs(logits)``: the foreground probability consistent with the loss (used at inference).
 - ``prior_bias(pi)``: the logit bias b with ``probs(b) == pi`` (used to initialize the head).
+- ``probs_affine()`` (optional): (a, b) when ``probs(x) = sigmoid(a x + b)``; TorchScript
+  scripting of the model needs it (the base class gives (1, 0) for plain sigmoid).
 
 Register your own with ``@CLS_LOSS_REGISTRY.register()`` and select it with
 ``MODEL.FOCAL_DET.CLS_LOSS.NAME``.
 """
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -96,6 +98,14 @@ class SigmoidClassificationLoss:
     def probs(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits)
 
+    def probs_affine(self) -> Optional[Tuple[float, float]]:
+        """(a, b) when ``probs(x)`` is ``sigmoid(x * a + b)``, else None. TorchScript export
+        (``focal_det.modeling.scripting``) needs it; a subclass that overrides ``probs`` gets
+        None unless it overrides this too."""
+        if type(self).probs is SigmoidClassificationLoss.probs:
+            return 1.0, 0.0
+        return None
+
     def prior_bias(self, prior: float) -> float:
         check_prior(prior)
         return -math.log((1.0 - prior) / prior)
@@ -171,6 +181,9 @@ class FocalLossStar(SigmoidClassificationLoss):
 
     def probs(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits * self.gamma + self.beta)
+
+    def probs_affine(self):
+        return self.gamma, self.beta
 
     def prior_bias(self, prior: float) -> float:
         check_prior(prior)

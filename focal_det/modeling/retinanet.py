@@ -18,11 +18,10 @@ from typing import List
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import Boxes, ImageList
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
@@ -31,6 +30,7 @@ from ..bias_init import class_bias_value
 from ..config import LOSS_NORMALIZERS, check_choice, check_iou_thresholds, check_range
 from ..config import check_superseded_retinanet_keys
 from ..losses import build_cls_loss
+from .decoding import decode_detections
 from .fold import fold_norms as fold_norms_
 from .matching import match_in_chunks
 
@@ -187,7 +187,7 @@ class FocalRetinaNet(RetinaNet):
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ):
         """Detectron2's post-processing (scores = ``cls_loss.probs``), with the same result
-        and less work: see :func:`decode_detections`."""
+        and less work: see :mod:`focal_det.modeling.decoding`."""
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4]
         )
@@ -205,65 +205,3 @@ class FocalRetinaNet(RetinaNet):
             score_thresh=self.test_score_thresh, topk_candidates=self.test_topk_candidates,
             nms_thresh=self.test_nms_thresh, max_detections=self.max_detections_per_image,
         )
-
-
-def decode_detections(anchors: List[Boxes], pred_logits: List[Tensor],
-                      pred_anchor_deltas: List[Tensor], image_sizes, *, probs,
-                      box2box_transform, score_thresh: float, topk_candidates: int,
-                      nms_thresh: float, max_detections: int) -> List[Instances]:
-    """RetinaNet post-processing for a batch, as Detectron2's ``inference_single_image``:
-    per level, the top ``topk_candidates`` scores above ``score_thresh``; boxes decoded;
-    class-wise NMS; at most ``max_detections`` per image, best first.
-
-    What differs is only the work done. Detectron2 applies ``probs`` to every (anchor, class)
-    logit, thresholds them all, and sorts every score that passes (4.6M scores on P3 of a
-    640x640 image; all of them for an untrained model), with two host syncs per level and
-    image (boolean index, ``nonzero``). Here the full logit tensor is read once, for the
-    per-anchor maximum over classes (one reduction per level for the whole batch). The k
-    anchors with the best maxima hold every one of the level's k best scores (each of them
-    has at least one score >= the k-th best maximum, so the k-th best score is at least that,
-    and an anchor outside them has no score above it). ``probs`` and a top-k run on those
-    anchors' K scores only; the level's top-k without those at or below the threshold is the
-    top-k of those above it, which is Detectron2's result. Every size is fixed, so the only
-    host sync per image is the one threshold ``nonzero``. The boxes of all levels are decoded
-    in one call per image. Only the order of exactly tied scores can differ.
-
-    Args:
-        anchors: one Boxes per level (Ri anchors each).
-        pred_logits: per level (N, Ri, K); pred_anchor_deltas: per level (N, Ri, 4).
-        image_sizes: N (height, width).
-        probs: elementwise, non-decreasing map from logits to scores (e.g. sigmoid).
-    Returns:
-        N Instances with pred_boxes, scores, pred_classes, best first.
-    """
-    num_classes = pred_logits[0].shape[-1]
-    all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
-    all_deltas = cat(pred_anchor_deltas, dim=1)  # (N, R, 4)
-    # Per level, for all images at once: each anchor's best logit (probs is non-decreasing).
-    best = [torch.amax(x, dim=2) for x in pred_logits]  # (N, Ri)
-    offsets = [0]
-    for a in anchors[:-1]:
-        offsets.append(offsets[-1] + len(a))
-
-    results: List[Instances] = []
-    for i, image_size in enumerate(image_sizes):
-        scores_i, anchor_i, classes_i = [], [], []
-        for level, logits_l in enumerate(pred_logits):
-            # Fixed sizes throughout: nothing about the data has to reach the host here.
-            k = min(topk_candidates, best[level].shape[1])
-            cand = best[level][i].topk(k).indices  # the k anchors holding the k best scores
-            scores = probs(logits_l[i, cand]).flatten()  # (k * K,)
-            top, idx = scores.topk(min(topk_candidates, scores.numel()))
-            scores_i.append(top)
-            anchor_i.append(cand[idx // num_classes] + offsets[level])
-            classes_i.append(idx % num_classes)
-        scores_i, anchor_i, classes_i = cat(scores_i), cat(anchor_i), cat(classes_i)
-        # The level's top-k minus those at or below the threshold is the top-k of those above
-        # it, as in Detectron2. One host sync per image: how many candidates pass.
-        keep = torch.nonzero(scores_i > score_thresh).squeeze(1)
-        scores_i, anchor_i, classes_i = scores_i[keep], anchor_i[keep], classes_i[keep]
-        boxes = box2box_transform.apply_deltas(all_deltas[i][anchor_i], all_anchors[anchor_i])
-        nms_keep = batched_nms(boxes, scores_i, classes_i, nms_thresh)[:max_detections]
-        results.append(Instances(image_size, pred_boxes=Boxes(boxes[nms_keep]),
-                                 scores=scores_i[nms_keep], pred_classes=classes_i[nms_keep]))
-    return results
