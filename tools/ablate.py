@@ -16,7 +16,6 @@ loop, so a grid stopped early still has one complete row per config.
 """
 import argparse
 import json
-import math
 import os
 import re
 import shlex
@@ -26,9 +25,12 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from focal_det.analysis.ablation_report import (METRICS, best_of,  # noqa: E402
+                                                markdown_table, plot, plot_curves, summarize)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "builtin", "retinanet_R18_shapes.yaml")
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 KEY = "MODEL.FOCAL_DET."
 
 
@@ -84,8 +86,13 @@ PAPER_GRID = [
     Entry("flstar_g2_b1", "FocalLossStar", gamma=2, beta=1, alpha=0.25, paper_ap="33.8"),
     Entry("flstar_g4_b0", "FocalLossStar", gamma=4, beta=0, alpha=0.25, paper_ap="33.9"),
 ]
+# The grid issue 17 asks for on the letters dataset: Table 1a, Table 1b (the paper's alpha per
+# gamma), Table 3's two FL* settings, and CE without the prior (with the recipe's clipping).
+LETTERS_GRID = [e for e in PAPER_GRID
+                if e.name not in ("fl_g0_a0.75", "ce_noprior_noclip")]
 GRIDS = {
     "paper": PAPER_GRID,
+    "letters": LETTERS_GRID,
     "gamma": [Entry(f"fl_g{g:g}_a{a:.2f}", "FocalLoss", gamma=g, alpha=a)
               for g, a in ((0, 0.75), (0.5, 0.5), (1, 0.25), (2, 0.25), (5, 0.25))],
     "alpha": [Entry(f"ce_a{a:.2f}", "BalancedCrossEntropy", alpha=a)
@@ -117,24 +124,28 @@ def load_grid(spec: str) -> List[Entry]:
     return entries
 
 
-def budget_opts(iters: int) -> List[str]:
+def budget_opts(iters: int, eval_points: int = 1) -> List[str]:
     """The recipe's schedule shrunk to ``iters``: LR steps at 2/3 and 8/9 (the paper's 60k and
-    80k of 90k), evaluation at the last iteration, one checkpoint halfway (for resuming)."""
+    80k of 90k), evaluation at ``eval_points`` evenly spaced iterations (the last one always),
+    one checkpoint halfway (for resuming)."""
+    if not 1 <= eval_points <= iters or iters % eval_points:
+        raise SystemExit(f"--eval-points {eval_points} must divide --iters {iters}")
     steps = tuple(sorted({s for s in (round(iters * 2 / 3), round(iters * 8 / 9))
                           if 1 <= s < iters}))  # tiny budgets: fewer (or no) steps
     return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps),
             "SOLVER.WARMUP_ITERS", str(min(100, max(1, iters // 5))),
-            "SOLVER.CHECKPOINT_PERIOD", str(max(1, iters // 2)), "TEST.EVAL_PERIOD", str(iters)]
+            "SOLVER.CHECKPOINT_PERIOD", str(max(1, iters // 2)),
+            "TEST.EVAL_PERIOD", str(iters // eval_points)]
 
 
 _DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
 
 
-def read_final_metrics(run_dir: str) -> Optional[Dict[str, float]]:
+def read_final_metrics(run_dir: str, eval_period: int = 1) -> Optional[Dict[str, float]]:
     path = os.path.join(run_dir, "metrics.json")
     if not os.path.exists(path):
         return None
-    last, train = None, None
+    last, train, curve = None, None, {}
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -143,11 +154,16 @@ def read_final_metrics(run_dir: str) -> Optional[Dict[str, float]]:
             row = json.loads(line)
             if "bbox/AP" in row:
                 last = row
+                # Periodic evaluations log iteration k*period - 1, the final one MAX_ITER; a
+                # resumed run may evaluate an iteration twice (the last one counts).
+                done = round((int(row["iteration"]) + 1) / eval_period) * eval_period
+                curve[done] = float(row["bbox/AP"])
             if "loss_cls" in row:
                 train = row
     if last is None:
         return None
     out = {m: float(last.get(f"bbox/{m}", float("nan"))) for m in METRICS}
+    out["ap_curve"] = sorted(curve.items())  # [(iterations done, AP), ...]
     if train is not None:
         out["final_loss_cls"] = float(train["loss_cls"])
         out["final_loss_box_reg"] = float(train.get("loss_box_reg", float("nan")))
@@ -185,7 +201,7 @@ def run_one(entry: Entry, seed: int, args, common: List[str]) -> dict:
               "command": " ".join(shlex.quote(c) for c in cmd)}
     diverged = _DIVERGED.search(text)
     if proc.returncode == 0:
-        metrics = read_final_metrics(run_dir)
+        metrics = read_final_metrics(run_dir, args.iters // args.eval_points)
         if metrics is None:
             raise SystemExit(f"[ablate] {entry.name} seed {seed} finished but {run_dir}/"
                              "metrics.json has no bbox/AP (is DATASETS.TEST set?)")
@@ -211,80 +227,6 @@ def run_one(entry: Entry, seed: int, args, common: List[str]) -> dict:
     return result
 
 
-def _mean_std(values: List[float]):
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def summarize(grid: List[Entry], results: List[dict]) -> List[dict]:
-    rows = []
-    for entry in grid:
-        runs = [r for r in results if r["name"] == entry.name and r["status"] != "dry-run"]
-        if not runs:
-            continue
-        row = {"name": entry.name, **entry.describe(), "paper_ap": entry.paper_ap or "",
-               "seeds": [r["seed"] for r in runs],
-               "diverged": [r["seed"] for r in runs if r["status"] == "diverged"],
-               "AP_per_seed": [r["AP"] for r in runs]}
-        for m in METRICS:
-            row[m], row[m + "_std"] = _mean_std([r[m] for r in runs])
-        rows.append(row)
-    return rows
-
-
-def _cell(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
-
-
-def markdown_table(rows: List[dict]) -> str:
-    head = ["run", "loss", "γ", "α", "β", "bias init", "seeds", "AP", "AP50", "AP75", "APs",
-            "APm", "APl", "AP per seed", "diverged", "paper AP", "note"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        diverged = ", ".join(f"seed {s}" for s in r["diverged"]) or "no"
-        cells = [r["name"], r["loss"], r["gamma"], r["alpha"], r["beta"], r["init"],
-                 str(len(r["seeds"]))]
-        cells += [_cell(r[m], r[m + "_std"]) for m in METRICS]
-        cells += [" / ".join(f"{v:.1f}" for v in r["AP_per_seed"]), diverged, r["paper_ap"],
-                  r["note"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows: List[dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r["name"] for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 2))
-    for i, r in enumerate(rows):
-        color = "tab:red" if r["diverged"] else ("tab:blue" if "Focal" in r["loss"]
-                                                  else "tab:gray")
-        std = 0.0 if math.isnan(r["AP_std"]) else r["AP_std"]
-        ax.barh(i, r["AP"], xerr=std, color=color, capsize=3)
-        for ap in r["AP_per_seed"]:
-            ax.plot(ap, i, "k.", markersize=4)
-        label = f"{r['AP']:.1f}" + (" (diverged)" if r["diverged"] else "")
-        ax.text(r["AP"] + std + 0.3, i, label, va="center", fontsize=8)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(names)
-    ax.invert_yaxis()
-    ax.set_xlabel("COCO box AP (bar: mean over seeds, whisker: std, dots: seeds)")
-    ax.set_ylabel("loss configuration")
-    ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")  # (tight_layout warns on long labels)
-    plt.close(fig)
-
-
 def _coco_num_classes(json_file: str) -> int:
     with open(json_file) as f:
         return len(json.load(f)["categories"])
@@ -300,6 +242,9 @@ def get_parser():
     p.add_argument("--only", nargs="+", default=None, help="run only these entries of the grid")
     p.add_argument("--iters", type=int, default=500, help="SOLVER.MAX_ITER of every run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--eval-points", type=int, default=1,
+                   help="evaluate every --iters/N iterations (AP against iterations: "
+                        "ap_curve in each result and ablation_curves.png)")
     p.add_argument("--output", required=True, help="folder for runs, table and chart")
     p.add_argument("--register-coco", nargs=3, action="append",
                    metavar=("NAME", "JSON", "IMAGE_ROOT"), help="as in train_net.py")
@@ -333,7 +278,7 @@ def main(argv=None) -> List[dict]:
         args.register_coco = [[n, os.path.abspath(j), os.path.abspath(r)]
                               for n, j, r in args.register_coco]
 
-    common = budget_opts(args.iters)
+    common = budget_opts(args.iters, args.eval_points)
     if args.train:
         common += ["DATASETS.TRAIN", f"('{args.train}',)"]
         json_of = {n: j for n, j, _ in args.register_coco or ()}
@@ -357,8 +302,16 @@ def main(argv=None) -> List[dict]:
         f.write(f"# Loss ablation: {title}\n\nRegenerate: `{command}`\n\n{table}")
     with open(os.path.join(args.output, "ablation.json"), "w") as f:
         json.dump({"config": args.config_file, "iters": args.iters, "seeds": args.seeds,
+                   "eval_points": args.eval_points,
                    "command": command, "rows": rows, "runs": results}, f, indent=1)
     plot(rows, os.path.join(args.output, "ablation.png"), title)
+    if args.eval_points > 1:
+        ce = best_of(rows, ("BalancedCrossEntropy", "CrossEntropy"))
+        fl = [r for r in rows if r["name"] == "fl_g2_a0.25"] or [best_of(rows, ("FocalLoss",))]
+        highlight = [r["name"] for r in (ce, fl[0]) if r]
+        plot_curves(rows, os.path.join(args.output, "ablation_curves.png"),
+                    title + f"; highlighted: best CE and FL γ 2 ({', '.join(highlight)})",
+                    highlight)
     print(table)
     print(f"[ablate] table, JSON and chart in {args.output}/ablation.{{md,json,png}}")
     return results

@@ -33,54 +33,6 @@ sys.path.insert(0, REPO)
 HARDEST = (0.01, 0.05, 0.10, 0.20, 0.50)
 
 
-def collect_logits(cfg, model, dataset_name: str, num_images: int,
-                   max_negatives_per_image: int, seed: int = 0):
-    """Logits of positive samples (all) and negative samples (a uniform random subset of at most
-    ``max_negatives_per_image`` per image), over the first ``num_images`` images."""
-    import detectron2.data.transforms as T
-    from detectron2.data import (DatasetMapper, build_detection_test_loader,
-                                 get_detection_dataset_dicts)
-
-    dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)[:num_images]
-    if not dicts:
-        raise ValueError(f"dataset {dataset_name!r} has no images")
-    # Test-time resize, annotations kept (is_train=True keeps them; no random augmentation).
-    mapper = DatasetMapper(cfg, is_train=True, augmentations=[
-        T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)])
-    loader = build_detection_test_loader(dicts, mapper=mapper, num_workers=0)
-    g = torch.Generator().manual_seed(seed)
-    pos, neg = [], []
-    num_fg = num_bg = 0
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            images = model.preprocess_image(batch)
-            features = model.backbone(images.tensor)
-            features = [features[f] for f in model.head_in_features]
-            logits, _ = model._transpose_dense_predictions(model.head(features),
-                                                           [model.num_classes, 4])
-            anchors = model.anchor_generator(features)
-            gt = [b["instances"].to(model.device) for b in batch]
-            labels, _ = model.label_anchors(anchors, gt)
-            logits = torch.cat(logits, dim=1)  # (N, R, K)
-            for x, y in zip(logits, labels):
-                valid = y >= 0
-                x, y = x[valid], y[valid]
-                fg = y < model.num_classes
-                num_fg += int(fg.sum())
-                num_bg += int((~fg).sum())
-                targets = torch.zeros_like(x, dtype=torch.bool)
-                targets[fg.nonzero().squeeze(1), y[fg]] = True
-                pos.append(x[targets].float().cpu())
-                negatives = x[~targets].float().cpu()
-                if len(negatives) > max_negatives_per_image:
-                    keep = torch.randperm(len(negatives), generator=g)[:max_negatives_per_image]
-                    negatives = negatives[keep]
-                neg.append(negatives)
-    return torch.cat(pos), torch.cat(neg), {"images": len(dicts), "foreground_anchors": num_fg,
-                                            "background_anchors": num_bg}
-
-
 def normalized_cdf(losses: torch.Tensor) -> torch.Tensor:
     """Sorted from the smallest loss; cumulative share of the total (ends at 1)."""
     losses = losses.double().sort().values
@@ -181,6 +133,7 @@ def main(argv=None) -> Dict[str, dict]:
     args = get_parser().parse_args(argv)
     import focal_det
     from focal_det.checkpoint import FocalCheckpointer
+    from focal_det.analysis.samples import collect_logits
     from focal_det.data import prepare_datasets
     from detectron2.modeling import build_model
 

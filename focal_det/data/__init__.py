@@ -1,4 +1,8 @@
-"""Dataset registration: importing this registers the built-in generated dataset.
+"""Dataset registration: importing this registers the built-in generated datasets.
+
+- ``focal_det_shapes_{train,val}`` (``builtin.py``): the default, 4 shape classes.
+- ``focal_det_letters_{train,val}`` (``letters.py``): 34 glyph classes, few small objects per
+  image, COCO-like (anchor, class) imbalance.
 
 COCO itself is Detectron2's own ``coco_2017_train`` / ``coco_2017_val`` (see datasets/README.md).
 """
@@ -7,40 +11,47 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .builtin import CLASSES, ShapesSpec, dataset_root, ensure_generated
+from .builtin import CLASSES, GeneratedSpec, ShapesSpec, dataset_root, ensure_generated
+from .letters import LETTER_CLASSES, LettersSpec
 
-BUILTIN_SPLITS = {"focal_det_shapes_train": "train", "focal_det_shapes_val": "val"}
+# Registered name -> (spec of its dataset, split).
+BUILTIN_DATASETS = {
+    f"{spec.prefix}_{split}": (spec, split)
+    for spec in (ShapesSpec(), LettersSpec()) for split in ("train", "val")
+}
+BUILTIN_SPLITS = {name: split for name, (_, split) in BUILTIN_DATASETS.items()}
 
 
-def _paths(split: str, spec: ShapesSpec = ShapesSpec()):
-    folder = os.path.join(dataset_root(), f"focal_det_shapes_{spec.digest()}")
+def _paths(spec: GeneratedSpec, split: str):
+    folder = os.path.join(dataset_root(), spec.folder_name())
     return os.path.join(folder, f"{split}.json"), folder
 
 
-def _load(name: str, split: str):
-    folder = ensure_generated()
+def _load(name: str, spec: GeneratedSpec, split: str):
+    folder = ensure_generated(spec)
     return load_coco_json(os.path.join(folder, f"{split}.json"), folder, name)
 
 
 def register_builtin() -> None:
-    for name, split in BUILTIN_SPLITS.items():
+    for name, (spec, split) in BUILTIN_DATASETS.items():
         if name in DatasetCatalog.list():
             continue
-        DatasetCatalog.register(name, lambda name=name, split=split: _load(name, split))
-        json_file, image_root = _paths(split)
+        DatasetCatalog.register(name, lambda n=name, sp=spec, s=split: _load(n, sp, s))
+        json_file, image_root = _paths(spec, split)
         MetadataCatalog.get(name).set(
-            thing_classes=list(CLASSES), json_file=json_file, image_root=image_root,
+            thing_classes=list(spec.classes), json_file=json_file, image_root=image_root,
             evaluator_type="coco",
         )
 
 
 def prepare_datasets(dataset_names) -> None:
-    """Generate the built-in dataset if any of ``dataset_names`` needs it (before evaluators
-    read its json)."""
-    if any(n in BUILTIN_SPLITS for n in dataset_names):
-        ensure_generated()
+    """Generate the built-in datasets that ``dataset_names`` need (before evaluators read
+    their json)."""
+    for spec in {BUILTIN_DATASETS[n][0] for n in dataset_names if n in BUILTIN_DATASETS}:
+        ensure_generated(spec)
 
 
 register_builtin()
 
-__all__ = ["register_builtin", "prepare_datasets", "ensure_generated", "ShapesSpec", "CLASSES"]
+__all__ = ["register_builtin", "prepare_datasets", "ensure_generated", "ShapesSpec",
+           "LettersSpec", "CLASSES", "LETTER_CLASSES", "BUILTIN_DATASETS"]

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Tuple
+from typing import ClassVar, Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -31,8 +31,31 @@ CLASSES = ("circle", "square", "triangle", "cross")
 DISTRACTORS = ("ring", "bar", "hexagon")
 
 
+class GeneratedSpec:
+    """Base of a generated dataset's parameters (a frozen dataclass): it names its folder
+    ``prefix`` and its ``classes``, and draws one image with ``scene(rng, empty)``;
+    ``ensure_generated`` does the rest. The fields are hashed into the folder name."""
+
+    prefix: ClassVar[str]
+    classes: ClassVar[Tuple[str, ...]]
+
+    def digest(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    def folder_name(self) -> str:
+        return f"{self.prefix}_{self.digest()}"
+
+    def scene(self, rng: np.random.Generator, empty: bool):
+        """One image (HxWx3 uint8 BGR) and its COCO annotations (without ids)."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class ShapesSpec:
+class ShapesSpec(GeneratedSpec):
+    prefix: ClassVar[str] = "focal_det_shapes"
+    classes: ClassVar[Tuple[str, ...]] = CLASSES
+
     num_train: int = 4000
     num_val: int = 100
     image_size: int = 128
@@ -50,9 +73,8 @@ class ShapesSpec:
                 f"({self.max_size}) <= image_size ({self.image_size})"
             )
 
-    def digest(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
+    def scene(self, rng: np.random.Generator, empty: bool):
+        return _scene(rng, self, empty)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -137,17 +159,17 @@ def _write_split(folder: str, split: str, count: int, spec: ShapesSpec, seed: in
     os.makedirs(os.path.join(folder, split))
     images, annotations = [], []
     for i in range(count):
-        img, anns = _scene(rng, spec, empty=rng.random() < spec.empty_fraction)
+        img, anns = spec.scene(rng, empty=rng.random() < spec.empty_fraction)
         name = f"{split}/{i:05d}.jpg"
         cv2.imwrite(os.path.join(folder, name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
         images.append({"id": i, "file_name": name, "height": img.shape[0], "width": img.shape[1]})
         for a in anns:
             annotations.append(dict(a, id=len(annotations) + 1, image_id=i))
     coco = {
-        "info": {"description": f"focal_det built-in shapes, {split}", "spec": asdict(spec)},
+        "info": {"description": f"focal_det built-in {spec.prefix}, {split}", "spec": asdict(spec)},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)],
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(spec.classes)],
     }
     with open(os.path.join(folder, f"{split}.json"), "w") as f:
         json.dump(coco, f)
@@ -160,12 +182,12 @@ def dataset_root() -> str:
 def ensure_generated(spec: ShapesSpec = ShapesSpec(), root: str = None) -> str:
     """Generate the dataset for ``spec`` once; return its folder (holds train/, val/, *.json)."""
     root = root or dataset_root()
-    final = os.path.join(root, f"focal_det_shapes_{spec.digest()}")
+    final = os.path.join(root, spec.folder_name())
     if os.path.exists(os.path.join(final, "val.json")):
         return final
     os.makedirs(root, exist_ok=True)
-    logger.info(f"Generating the built-in dataset into {final} (once) ...")
-    tmp = tempfile.mkdtemp(prefix=".focal_det_shapes_tmp_", dir=root)
+    logger.info(f"Generating the built-in dataset {spec.prefix} into {final} (once) ...")
+    tmp = tempfile.mkdtemp(prefix=f".{spec.prefix}_tmp_", dir=root)
     try:
         _write_split(tmp, "train", spec.num_train, spec, spec.seed)
         _write_split(tmp, "val", spec.num_val, spec, spec.seed + 1)

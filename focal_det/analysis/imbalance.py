@@ -1,0 +1,57 @@
+"""How imbalanced the classification problem is: positives and negatives among the (anchor,
+class) binary classifiers the loss is defined on, after Detectron2's matching.
+
+For each image the anchors are labeled exactly as in training (``model.label_anchors``: the
+config's IoU thresholds, low-quality matches). Ignored anchors are left out, as the loss leaves
+them out. A foreground anchor is one positive (its GT class) and K - 1 negatives; a background
+anchor is K negatives. Only the image size reaches the anchors, so no backbone runs.
+"""
+from typing import Dict, Iterable
+
+import torch
+
+
+def _feature_shapes(model, height: int, width: int):
+    """Shapes of the head's input features for one padded image, from the backbone strides."""
+    div = max(model.backbone.size_divisibility, 1)
+    h, w = -(-height // div) * div, -(-width // div) * div
+    shapes = model.backbone.output_shape()
+    return [torch.empty(1, 0, -(-h // shapes[f].stride), -(-w // shapes[f].stride))
+            for f in model.head_in_features]
+
+
+@torch.no_grad()
+def count_binary_samples(model, dataset_dicts: Iterable[dict], mapper) -> Dict[str, float]:
+    """Totals over ``dataset_dicts`` (each mapped by ``mapper``, e.g. a training
+    ``DatasetMapper``) and the ratio of negative to positive (anchor, class) samples."""
+    k = model.num_classes
+    anchors_by_size = {}
+    totals = dict(images=0, anchors=0, ignored_anchors=0, foreground_anchors=0,
+                  gt_boxes=0, positives=0, negatives=0)
+    for d in dataset_dicts:
+        item = mapper(d)
+        h, w = item["image"].shape[-2:]
+        if (h, w) not in anchors_by_size:
+            anchors_by_size[(h, w)] = model.anchor_generator(_feature_shapes(model, h, w))
+        anchors = anchors_by_size[(h, w)]
+        gt = item["instances"]
+        (labels,), _ = model.label_anchors(anchors, [gt])
+        valid = int((labels >= 0).sum())
+        fg = int(((labels >= 0) & (labels < k)).sum())
+        totals["images"] += 1
+        totals["anchors"] += len(labels)
+        totals["ignored_anchors"] += len(labels) - valid
+        totals["foreground_anchors"] += fg
+        totals["gt_boxes"] += len(gt)
+        totals["positives"] += fg
+        totals["negatives"] += valid * k - fg
+    pos = totals["positives"]
+    totals["num_classes"] = k
+    totals["negatives_per_positive"] = totals["negatives"] / pos if pos else float("inf")
+    totals["background_per_foreground_anchor"] = (
+        (totals["anchors"] - totals["ignored_anchors"] - pos) / pos if pos else float("inf"))
+    n = max(totals["images"], 1)
+    totals["anchors_per_image"] = totals["anchors"] / n
+    totals["positives_per_image"] = pos / n
+    totals["foreground_anchors_per_gt_box"] = pos / max(totals["gt_boxes"], 1)
+    return totals

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Share of the classification loss and of its gradient that easy negatives (p_t > 0.5) carry,
+for CE and FL, on a model at initialization and after training (the paper's Sections 1, 3.2).
+
+    python tools/easy_negatives.py --config-file configs/builtin/retinanet_R18_letters.yaml \\
+        --model init=init --model ce_a0.75=output/ablation_letters/ce_a0.75/seed0/model_final.pth \\
+        --model fl_g2=output/ablation_letters/fl_g2_a0.25/seed0/model_final.pth \\
+        --output output/easy_negatives
+
+Each ``--model NAME=WEIGHTS`` is a model state; WEIGHTS ``init`` is a freshly built model (the
+config's prior initialization, SEED), whose logits are computed with per-image normalization
+statistics as in its first training step. Trained weights load safely (FocalCheckpointer) and
+run in eval mode. Each ``--loss NAME=GAMMA,ALPHA`` is applied to every model's logits (default:
+CE with alpha .75, i.e. gamma 0, and FL gamma 2, alpha .25). Writes ``easy_negatives.{json,md}``.
+"""
+import argparse
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+DEFAULT_LOSSES = ["CE_a0.75=0,0.75", "FL_g2_a0.25=2,0.25"]
+
+
+def _pair(text: str, what: str):
+    if "=" not in text:
+        raise SystemExit(f"--{what} {text!r}: expected NAME=VALUE")
+    name, value = text.split("=", 1)
+    return name, value
+
+
+def _loss(text: str):
+    name, value = _pair(text, "loss")
+    try:
+        gamma, alpha = (float(v) for v in value.split(","))
+    except ValueError:
+        raise SystemExit(f"--loss {text!r}: expected NAME=GAMMA,ALPHA, e.g. FL=2,0.25") from None
+    return name, gamma, alpha
+
+
+def markdown(rows) -> str:
+    lines = ["| model | loss | easy negatives / negatives | loss share: easy negatives | "
+             "loss share: all negatives | gradient share (L1): easy negatives | "
+             "gradient share (L2²): easy negatives |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['loss']} | {r['easy_fraction_of_negatives']:.4f} | "
+                     f"{r['loss_share_easy_negatives']:.1%} | {r['loss_share_all_negatives']:.1%}"
+                     f" | {r['grad_l1_share_easy_negatives']:.1%} | "
+                     f"{r['grad_l2sq_share_easy_negatives']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--model", action="append", required=True, metavar="NAME=WEIGHTS")
+    p.add_argument("--loss", action="append", default=None, metavar="NAME=GAMMA,ALPHA")
+    p.add_argument("--dataset", default=None, help="default: DATASETS.TEST[0]")
+    p.add_argument("--num-images", type=int, default=100)
+    p.add_argument("--register-coco", nargs=3, action="append",
+                   metavar=("NAME", "JSON", "IMAGE_ROOT"), help="as in train_net.py")
+    p.add_argument("--output", default=None)
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="cfg KEY VALUE ...")
+    args = p.parse_args(argv)
+    models = [_pair(m, "model") for m in args.model]
+    losses = [_loss(x) for x in (args.loss or DEFAULT_LOSSES)]
+    for name, weights in models:
+        if weights != "init" and not os.path.isfile(weights):
+            raise SystemExit(f"--model {name}: weights file {weights!r} does not exist")
+
+    import focal_det
+    import torch
+    from detectron2.modeling import build_model
+
+    from focal_det.analysis.easy_negatives import easy_negative_shares
+    from focal_det.analysis.samples import collect_logits
+    from focal_det.checkpoint import FocalCheckpointer
+    from focal_det.data import prepare_datasets
+
+    from train_net import register_coco_datasets
+
+    register_coco_datasets(args.register_coco)
+    cfg = focal_det.get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    dataset = args.dataset or cfg.DATASETS.TEST[0]
+    prepare_datasets([dataset])
+    rows = []
+    for name, weights in models:
+        torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
+        model = build_model(cfg)
+        if weights != "init":
+            FocalCheckpointer(model, require_same_classes=True).load(weights)
+        pos, neg, counts = collect_logits(cfg, model, dataset, args.num_images,
+                                          max_negatives_per_image=10**9,
+                                          batch_norm_stats=weights == "init")
+        for loss_name, gamma, alpha in losses:
+            shares = easy_negative_shares(pos, neg, gamma, alpha)
+            rows.append({"model": name, "weights": weights, "loss": loss_name, "gamma": gamma,
+                         "alpha": alpha, "dataset": dataset, **counts, **shares})
+    table = markdown(rows)
+    print(table)
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, "easy_negatives.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        with open(os.path.join(args.output, "easy_negatives.md"), "w") as f:
+            f.write(f"# Easy negatives (p_t > 0.5) on {dataset}, {args.num_images} images\n\n"
+                    f"Regenerate: `python tools/easy_negatives.py "
+                    f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{table}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
