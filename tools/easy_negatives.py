@@ -14,7 +14,6 @@ run in eval mode. Each ``--loss NAME=GAMMA,ALPHA`` is applied to every model's l
 CE with alpha .75, i.e. gamma 0, and FL gamma 2, alpha .25). Writes ``easy_negatives.{json,md}``.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -106,13 +105,12 @@ def main(argv=None):
     table = markdown(rows)
     print(table)
     if args.output:
-        os.makedirs(args.output, exist_ok=True)
-        with open(os.path.join(args.output, "easy_negatives.json"), "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(os.path.join(args.output, "easy_negatives.md"), "w") as f:
-            f.write(f"# Easy negatives (p_t > 0.5) on {dataset}, {args.num_images} images\n\n"
-                    f"Regenerate: `python tools/easy_negatives.py "
-                    f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{table}")
+        from focal_det.utils.files import write_report
+
+        command = "python tools/easy_negatives.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        write_report(args.output, "easy_negatives", rows, f"Easy negatives (p_t > 0.5) on "
+                     f"{dataset}, {args.num_images} images", command, table)
     return rows
 
 

@@ -11,7 +11,6 @@ comparison: ~1:1000 foreground:background anchors (Section 1) x 80 classes. Writ
 ``imbalance.json`` and ``imbalance.md`` to --output.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -85,13 +84,12 @@ def main(argv=None):
     table = markdown(rows)
     print(table)
     if args.output:
-        os.makedirs(args.output, exist_ok=True)
-        with open(os.path.join(args.output, "imbalance.json"), "w") as fh:
-            json.dump(rows, fh, indent=1)
-        with open(os.path.join(args.output, "imbalance.md"), "w") as fh:
-            fh.write("# (anchor, class) imbalance after matching\n\nRegenerate: `python "
-                     f"tools/imbalance.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-                     f"\n\n{table}")
+        from focal_det.utils.files import write_report
+
+        command = "python tools/imbalance.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        write_report(args.output, "imbalance", rows,
+                     "(anchor, class) imbalance after matching", command, table)
     return rows
 
 
