@@ -86,6 +86,12 @@ def _command(entry, weights, folder, image, out):
     if entry == "loss_distribution":
         return [py, "tools/loss_distribution.py", "--config-file", CONFIG, "--weights", weights,
                 "--output", str(out), "--dataset", "focal_det_shapes_val"]
+    if entry == "easy_negatives":
+        return [py, "tools/easy_negatives.py", "--config-file", CONFIG, "--model",
+                f"m={weights}", "--output", str(out), "--dataset", "focal_det_shapes_val"]
+    if entry == "export_scripting":
+        return [py, "tools/export_model.py", "--config-file", CONFIG, "--format", "torchscript",
+                "--export-method", "scripting", "--output", str(out), "MODEL.WEIGHTS", weights]
     if entry == "export":
         return [py, "tools/export_model.py", "--config-file", CONFIG, "--format", "onnx",
                 "--output", str(out), "MODEL.WEIGHTS", weights]
@@ -97,7 +103,8 @@ def _command(entry, weights, folder, image, out):
     raise ValueError(entry)
 
 
-ENTRIES = ["train", "resume", "eval_only", "demo", "loss_distribution", "export", "predictor"]
+ENTRIES = ["train", "resume", "eval_only", "demo", "loss_distribution", "easy_negatives",
+           "export", "export_scripting", "predictor"]
 
 
 @pytest.mark.parametrize("suffix", ["pkl", "pth"])

@@ -88,13 +88,16 @@ def main(argv=None):
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     dataset = args.dataset or cfg.DATASETS.TEST[0]
-    prepare_datasets([dataset])
-    rows = []
+    states = []  # every weights file is loaded (and checked) before any data is read
     for name, weights in models:
         torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
         model = build_model(cfg)
         if weights != "init":
             FocalCheckpointer(model, require_same_classes=True).load(weights)
+        states.append((name, weights, model))
+    prepare_datasets([dataset])
+    rows = []
+    for name, weights, model in states:
         pos, neg, counts = collect_logits(cfg, model, dataset, args.num_images,
                                           max_negatives_per_image=10**9,
                                           batch_norm_stats=weights == "init")

@@ -153,9 +153,9 @@ def main(argv=None) -> Dict[str, dict]:
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if dataset is None:
         raise SystemExit("no dataset: pass --dataset or set DATASETS.TEST")
-    prepare_datasets([dataset])
     model = build_model(cfg)
-    FocalCheckpointer(model, require_same_classes=True).load(args.weights)
+    FocalCheckpointer(model, require_same_classes=True).load(args.weights)  # before any data
+    prepare_datasets([dataset])
     pos, neg, counts = collect_logits(cfg, model, dataset, args.num_images,
                                       args.max_negatives_per_image)
     result = analyze(pos, neg, sorted(set(args.gammas)))
