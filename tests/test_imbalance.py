@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.data.datasets import load_coco_json
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from focal_det.analysis.ablation_report import mean_curve
 from focal_det.analysis.easy_negatives import easy_negative_shares
-from focal_det.analysis.imbalance import _feature_shapes, count_binary_samples
+from focal_det.analysis.imbalance import _feature_shapes, count_binary_samples, training_targets
 from focal_det.data import LETTER_CLASSES, LettersSpec, ShapesSpec, ensure_generated
 from focal_det.data.letters import _glyph
 from tests.common import CONFIGS, REPO
@@ -92,8 +93,9 @@ def test_positive_count_is_the_training_loss_count(letters):
     cfg = _cfg()
     model = build_model(cfg)
     dicts = load_coco_json(os.path.join(letters, "train.json"), letters)[:4]
-    mapper = DatasetMapper(cfg, is_train=True, augmentations=[])  # no flip: same boxes both ways
-    counts = count_binary_samples(model, dicts, mapper)
+    counts = count_binary_samples(model, training_targets(cfg, dicts))
+    # The real training input (decoded images, no flip so that both see the same boxes).
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=[T.ResizeShortestEdge(64, 64)])
     batch = [mapper(d) for d in dicts]
     model.train()
     with EventStorage() as storage:
@@ -103,6 +105,13 @@ def test_positive_count_is_the_training_loss_count(letters):
     valid = counts["anchors"] - counts["ignored_anchors"]
     assert counts["negatives"] == valid * 34 - counts["positives"]
     assert counts["negatives_per_positive"] == counts["negatives"] / counts["positives"]
+    # The same boxes as the mapper makes from the decoded image.
+    for (size, gt), item in zip(training_targets(cfg, dicts), batch):
+        assert size == tuple(item["image"].shape[-2:])
+        assert torch.equal(gt.gt_boxes.tensor, item["instances"].gt_boxes.tensor)
+        assert torch.equal(gt.gt_classes, item["instances"].gt_classes)
+    again = count_binary_samples(model, training_targets(cfg, dicts))
+    assert again == counts
 
 
 def test_imbalance_tool_writes_tables(letters, tmp_path):

@@ -5,8 +5,9 @@
     python tools/imbalance.py --config-file configs/builtin/retinanet_R18_shapes.yaml \\
         --config-file configs/builtin/retinanet_R18_letters.yaml --output output/imbalance
 
-Uses each config's training dataset (DATASETS.TRAIN), its training resize and its anchors and
-matcher thresholds (``focal_det.analysis.imbalance``). Also prints the paper's COCO figure for
+Uses each config's training dataset (DATASETS.TRAIN), its training resize (no flips, seeded
+size choice: the same numbers every run; no image is decoded) and its anchors and matcher
+thresholds (``focal_det.analysis.imbalance``). Also prints the paper's COCO figure for
 comparison: ~1:1000 foreground:background anchors (Section 1) x 80 classes. Writes
 ``imbalance.json`` and ``imbalance.md`` to --output.
 """
@@ -26,10 +27,10 @@ PAPER_COCO = {"config": "COCO (the paper's numbers)", "num_classes": 80,
 
 def measure(config_file: str, num_images: int, opts) -> dict:
     import focal_det
-    from detectron2.data import DatasetMapper, get_detection_dataset_dicts
+    from detectron2.data import get_detection_dataset_dicts
     from detectron2.modeling import build_model
 
-    from focal_det.analysis.imbalance import count_binary_samples
+    from focal_det.analysis.imbalance import count_binary_samples, training_targets
     from focal_det.data import prepare_datasets
 
     cfg = focal_det.get_cfg()
@@ -42,7 +43,7 @@ def measure(config_file: str, num_images: int, opts) -> dict:
     if num_images:
         dicts = dicts[:num_images]
     model = build_model(cfg).eval()
-    result = count_binary_samples(model, dicts, DatasetMapper(cfg, is_train=True))
+    result = count_binary_samples(model, training_targets(cfg, dicts))
     return {"config": os.path.relpath(os.path.abspath(config_file), REPO),
             "datasets": list(cfg.DATASETS.TRAIN), **result}
 

@@ -4,11 +4,37 @@ class) binary classifiers the loss is defined on, after Detectron2's matching.
 For each image the anchors are labeled exactly as in training (``model.label_anchors``: the
 config's IoU thresholds, low-quality matches). Ignored anchors are left out, as the loss leaves
 them out. A foreground anchor is one positive (its GT class) and K - 1 negatives; a background
-anchor is K negatives. Only the image size reaches the anchors, so no backbone runs.
+anchor is K negatives. Only image sizes and boxes matter, so no image is decoded and no backbone
+runs: :func:`training_targets` applies the training resize to the annotations alone.
 """
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Tuple
 
+import numpy as np
 import torch
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Instances
+
+
+def training_targets(cfg, dataset_dicts: Iterable[dict]):
+    """(image size, GT Instances) per dict, as the training ``DatasetMapper`` makes them, from
+    the dict's ``height``/``width`` without reading the image. Horizontal flips are left out
+    (they do not change which boxes exist) and the resize's random choice is seeded, so the
+    count is the same on every run."""
+    augs = T.AugmentationList([a for a in utils.build_augmentation(cfg, is_train=True)
+                               if not isinstance(a, T.RandomFlip)])
+    rng_state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        for d in dataset_dicts:
+            aug_input = T.AugInput(np.zeros((d["height"], d["width"]), np.uint8))
+            transforms = augs(aug_input)
+            size: Tuple[int, int] = aug_input.image.shape[:2]
+            annos = [utils.transform_instance_annotations(a, transforms, size)
+                     for a in d.get("annotations", []) if a.get("iscrowd", 0) == 0]
+            yield size, utils.filter_empty_instances(utils.annotations_to_instances(annos, size))
+    finally:
+        np.random.set_state(rng_state)
 
 
 def _feature_shapes(model, height: int, width: int):
@@ -21,20 +47,18 @@ def _feature_shapes(model, height: int, width: int):
 
 
 @torch.no_grad()
-def count_binary_samples(model, dataset_dicts: Iterable[dict], mapper) -> Dict[str, float]:
-    """Totals over ``dataset_dicts`` (each mapped by ``mapper``, e.g. a training
-    ``DatasetMapper``) and the ratio of negative to positive (anchor, class) samples."""
+def count_binary_samples(model, targets: Iterable[Tuple[Tuple[int, int], Instances]]
+                         ) -> Dict[str, float]:
+    """Totals over ``targets`` ((height, width), GT Instances) per image, e.g. from
+    :func:`training_targets`, and the ratio of negative to positive (anchor, class) samples."""
     k = model.num_classes
     anchors_by_size = {}
     totals = dict(images=0, anchors=0, ignored_anchors=0, foreground_anchors=0,
                   gt_boxes=0, positives=0, negatives=0)
-    for d in dataset_dicts:
-        item = mapper(d)
-        h, w = item["image"].shape[-2:]
+    for (h, w), gt in targets:
         if (h, w) not in anchors_by_size:
             anchors_by_size[(h, w)] = model.anchor_generator(_feature_shapes(model, h, w))
         anchors = anchors_by_size[(h, w)]
-        gt = item["instances"]
         (labels,), _ = model.label_anchors(anchors, [gt])
         valid = int((labels >= 0).sum())
         fg = int(((labels >= 0) & (labels < k)).sum())
