@@ -166,7 +166,7 @@ def test_ap_curves_from_metrics_and_their_mean(tmp_path):
             {"iteration": 1200, "bbox/AP": 4.0}, {"iteration": 1199, "loss_cls": 0.5}]
     (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows))
     metrics = ablate.read_final_metrics(str(tmp_path), eval_period=300)
-    assert metrics["ap_curve"] == [(300, 1.0), (600, 2.5), (1200, 4.0)]
+    assert metrics["ap_curve"] == [[300, 1.0], [600, 2.5], [1200, 4.0]]  # as JSON stores it
     assert metrics["AP"] == 4.0 and metrics["final_loss_cls"] == 0.5
     mean = mean_curve([[(300, 1.0), (600, 3.0)], [(300, 3.0), (600, 5.0), (900, 9.0)]])
     assert [m[:2] for m in mean] == [[300, 2.0], [600, 4.0]] and mean[0][3] == 2

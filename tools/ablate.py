@@ -163,7 +163,7 @@ def read_final_metrics(run_dir: str, eval_period: int = 1) -> Optional[Dict[str,
     if last is None:
         return None
     out = {m: float(last.get(f"bbox/{m}", float("nan"))) for m in METRICS}
-    out["ap_curve"] = sorted(curve.items())  # [(iterations done, AP), ...]
+    out["ap_curve"] = [[i, ap] for i, ap in sorted(curve.items())]  # [[iterations, AP], ...]
     if train is not None:
         out["final_loss_cls"] = float(train["loss_cls"])
         out["final_loss_box_reg"] = float(train.get("loss_box_reg", float("nan")))
