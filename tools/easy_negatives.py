@@ -40,11 +40,14 @@ def _loss(text: str):
 
 
 def markdown(rows) -> str:
-    lines = ["| model | loss | easy negatives / negatives | loss share: easy negatives | "
-             "loss share: all negatives | gradient share (L1): easy negatives | "
-             "gradient share (L2²): easy negatives |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | loss | negatives / image | hard negatives (p_t <= 0.5) / image | "
+             "loss share: easy negatives | loss share: all negatives | "
+             "gradient share (L1): easy negatives | gradient share (L2²): easy negatives |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['loss']} | {r['easy_fraction_of_negatives']:.4f} | "
+        n = max(r["images"], 1)
+        hard = (r["negatives"] - r["easy_negatives"]) / n
+        lines.append(f"| {r['model']} | {r['loss']} | {r['negatives'] / n:,.0f} | {hard:,.1f} | "
                      f"{r['loss_share_easy_negatives']:.1%} | {r['loss_share_all_negatives']:.1%}"
                      f" | {r['grad_l1_share_easy_negatives']:.1%} | "
                      f"{r['grad_l2sq_share_easy_negatives']:.1%} |")
