@@ -59,9 +59,9 @@ imbalance: $(STAMP)
 easy-negatives: $(STAMP)
 	$(PY) tools/easy_negatives.py --config-file configs/builtin/retinanet_R18_letters.yaml \
 		--model init=init \
-		--model ce_a0.75=output/ablation_letters/ce_a0.75/seed0/model_final.pth \
-		--model fl_g2_a0.25=output/ablation_letters/fl_g2_a0.25/seed0/model_final.pth \
-		--output output/easy_negatives
+		--model ce_noprior_1200it=output/ablation_letters/ce_noprior/seed0/model_final.pth \
+		--model fl_g2_1200it=output/ablation_letters/fl_g2_a0.25/seed0/model_final.pth \
+		--loss CE=0,-1 --loss FL_g2_a0.25=2,0.25 --output output/easy_negatives
 
 loss-distribution: $(STAMP)
 	$(PY) tools/loss_distribution.py --config-file configs/builtin/retinanet_R18_shapes.yaml \
