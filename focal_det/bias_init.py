@@ -3,36 +3,36 @@
 ``PriorProb`` (the paper): every anchor starts with foreground probability pi
 (``MODEL.FOCAL_DET.HEAD.PRIOR_PROB``), through the loss's own ``prior_bias`` so that FL* gets
 b = (logit(pi) - beta) / gamma and FL/CE get b = -log((1 - pi) / pi). ``Zero``: b = 0, the
-paper's no-prior baseline. A registered initializer is ``fn(cfg, cls_loss) -> float``.
+paper's no-prior baseline. A registered initializer is ``fn(cls_loss, prior_prob) -> float``;
+``FocalRetinaNet.__init__`` calls it, so a model built from keywords (or a LazyConfig) and one
+built from a cfg start from the same bias.
 """
-from detectron2.config import CfgNode
 from fvcore.common.registry import Registry
 
 from .losses.registry import check_prior
 
 BIAS_INIT_REGISTRY = Registry("FOCAL_DET_BIAS_INIT")
-BIAS_INIT_REGISTRY.__doc__ = "Registry for MODEL.FOCAL_DET.HEAD.BIAS_INIT: fn(cfg, loss) -> float."
+BIAS_INIT_REGISTRY.__doc__ = ("Registry for MODEL.FOCAL_DET.HEAD.BIAS_INIT: "
+                              "fn(cls_loss, prior_prob) -> float.")
 
 
 @BIAS_INIT_REGISTRY.register()
-def PriorProb(cfg: CfgNode, cls_loss) -> float:
-    prior = cfg.MODEL.FOCAL_DET.HEAD.PRIOR_PROB
-    check_prior(prior)
-    return float(cls_loss.prior_bias(prior))
+def PriorProb(cls_loss, prior_prob: float) -> float:
+    check_prior(prior_prob)
+    return float(cls_loss.prior_bias(prior_prob))
 
 
 @BIAS_INIT_REGISTRY.register()
-def Zero(cfg: CfgNode, cls_loss) -> float:
+def Zero(cls_loss, prior_prob: float) -> float:
     return 0.0
 
 
-def class_bias_value(cfg: CfgNode, cls_loss) -> float:
-    """The initial bias of the class logits named by ``MODEL.FOCAL_DET.HEAD.BIAS_INIT``."""
-    name = cfg.MODEL.FOCAL_DET.HEAD.BIAS_INIT
+def class_bias_value(name: str, cls_loss, prior_prob: float) -> float:
+    """The initial bias of the class logits given by the initializer registered as ``name``."""
     if name not in BIAS_INIT_REGISTRY:
         names = sorted(n for n, _ in BIAS_INIT_REGISTRY)
         raise ValueError(
             f"MODEL.FOCAL_DET.HEAD.BIAS_INIT={name!r} is not a registered bias initializer; "
             f"registered: {names}"
         )
-    return BIAS_INIT_REGISTRY.get(name)(cfg, cls_loss)
+    return BIAS_INIT_REGISTRY.get(name)(cls_loss, prior_prob)

@@ -14,13 +14,11 @@
   loads by name-matching heuristics), works on every Detectron2 version, and an unknown query
   is an error before anything is read.
 """
-import io
 import os
 import pickle
 import re
-import tempfile
 import zipfile
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -28,7 +26,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .errors import FocalDetError
-from .utils.files import follow_umask
+from .utils.files import atomic_write  # noqa: F401  (also this module's API)
 
 
 class UnsafeCheckpointError(FocalDetError, pickle.UnpicklingError):
@@ -90,25 +88,6 @@ def load_pkl_safely(path: str) -> dict:
     if not isinstance(data, dict):
         raise UnsafeCheckpointError(f"{path}: expected a dict, got {type(data).__name__}")
     return data
-
-
-def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through ``write(file)`` so readers see the old or the new file, never
-    a partial one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        follow_umask(tmp)  # colleagues may read checkpoints as they read any other file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 QUERIES = {"matching_heuristics": ("True", "False")}

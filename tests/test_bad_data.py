@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
 
-import train_net
+from focal_det import engine
 from focal_det.data.checks import ImageReadError, sanitize_boxes
 from tests.common import CONFIGS
 
@@ -44,7 +44,7 @@ def _cfg_args(out):
             "DATALOADER.NUM_WORKERS", "0", "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "False",
             "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "256", "TEST.EVAL_PERIOD",
             "0", "SOLVER.CHECKPOINT_PERIOD", "1000"]
-    return train_net.get_parser().parse_args(argv)
+    return engine.get_parser().parse_args(argv)
 
 
 class _Collect(logging.Handler):
@@ -81,7 +81,7 @@ def test_missing_and_corrupt_images_name_the_file_and_dataset(tmp_path):
         d = dict(good, file_name=str(tmp_path / bad), annotations=[_box(1, 1, 20, 20)])
         _register([d, d])
         with pytest.raises(ImageReadError, match=f"{bad}.*{NAME}"):
-            train_net.main(_cfg_args(tmp_path / "out"))
+            engine.main(_cfg_args(tmp_path / "out"))
 
 
 def test_empty_grayscale_extreme_aspect_and_degenerate_boxes_train(tmp_path):
@@ -94,8 +94,8 @@ def test_empty_grayscale_extreme_aspect_and_degenerate_boxes_train(tmp_path):
     ]
     _register(dicts)
     args = _cfg_args(tmp_path / "out")
-    cfg = train_net.setup(args)
-    trainer = train_net.Trainer(cfg)
+    cfg = engine.setup(args)
+    trainer = engine.Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     losses = [v for k, v in trainer.storage.histories().items() if k.startswith("loss_")]

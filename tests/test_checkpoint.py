@@ -82,7 +82,6 @@ def test_legitimate_pkl_loads_and_malicious_pickles_are_refused(tmp_path):
 
 SAVER = r"""
 import sys, torch
-sys.path.insert(0, {repo!r})
 from focal_det.checkpoint import FocalCheckpointer
 model = torch.nn.Linear(512, 512)
 ckpt = FocalCheckpointer(model, {out!r})

@@ -24,7 +24,7 @@ def _train(out, data_root, ims_per_batch):
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
 
-    import train_net
+    from focal_det import engine
     from focal_det.data import ShapesSpec, ensure_generated
 
     spec = ShapesSpec(num_train=8, num_val=2, image_size=64, max_objects=4, min_size=12,
@@ -41,7 +41,7 @@ def _train(out, data_root, ims_per_batch):
             # batch-independent normalization, so that per-rank batches compute what one
             # process computes on the whole batch
             "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.FPN.NORM", "", "MODEL.RETINANET.NORM", ""]
-    trainer = train_net.Trainer(train_net.setup(train_net.get_parser().parse_args(argv)))
+    trainer = engine.Trainer(engine.setup(engine.get_parser().parse_args(argv)))
     trainer.resume_or_load(resume=False)
     trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model

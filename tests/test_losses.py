@@ -185,7 +185,7 @@ def test_easy_examples_lose_more_than_hard_ones():
 
 
 def test_chunking_does_not_change_the_result(monkeypatch):
-    import focal_det.losses.functional as LF
+    import focal_det.kernels.reference as LF
 
     x, t = _inputs(shape=(1000, 9))
     full = sigmoid_focal_loss(x, t, reduction="none")
@@ -267,7 +267,7 @@ def test_label_path_equals_float_target_path(name):
 def test_label_path_across_chunks(name, extra, dtype):
     """The label path (what the model calls) over several chunks, with positives, background
     and ignored rows, equals the float target path in float64 in value and gradient."""
-    from focal_det.losses.functional import CHUNK_ELEMENTS
+    from focal_det.kernels.reference import CHUNK_ELEMENTS
 
     k = 80
     rows = 3 * (CHUNK_ELEMENTS // k) + 17  # 4 chunks, the last one partial
@@ -305,10 +305,9 @@ def test_prior_bias_gives_the_prior_probability(name, extra):
     loss = build_cls_loss(cfg)
     for prior in (0.01, 0.3):
         cfg.MODEL.FOCAL_DET.HEAD.PRIOR_PROB = prior
-        b = class_bias_value(cfg, loss)
+        b = class_bias_value("PriorProb", loss, prior)
         assert loss.probs(torch.tensor(b, dtype=torch.float64)).item() == pytest.approx(prior)
-    cfg.MODEL.FOCAL_DET.HEAD.BIAS_INIT = "Zero"
-    assert class_bias_value(cfg, loss) == 0.0
+    assert class_bias_value("Zero", loss, 0.01) == 0.0
 
 
 def test_fl_star_probs_and_prior_formula():
@@ -366,9 +365,8 @@ def test_bad_config_values_name_the_key(kw, match):
 @pytest.mark.parametrize("prior", [0.0, 1.0, -0.1, 1.5])
 def test_bad_prior_names_the_key(prior):
     cfg = _cfg()
-    cfg.MODEL.FOCAL_DET.HEAD.PRIOR_PROB = prior
     with pytest.raises(ValueError, match=r"MODEL.FOCAL_DET.HEAD.PRIOR_PROB=.*\(0, 1\)"):
-        class_bias_value(cfg, build_cls_loss(cfg))
+        class_bias_value("PriorProb", build_cls_loss(cfg), prior)
 
 
 def test_positional_order_is_torchvision_and_fvcore():

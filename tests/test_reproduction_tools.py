@@ -130,15 +130,15 @@ def test_loss_distribution_concentrates_negative_loss_as_gamma_grows():
 
 
 def test_register_coco_errors_name_the_flag_and_file(coco, tmp_path):
-    import train_net
+    from focal_det.data.register import register_coco_datasets
 
     with pytest.raises(FileNotFoundError, match="--register-coco x: annotation file .*nope.json"):
-        train_net.register_coco_datasets([["x", str(tmp_path / "nope.json"), str(tmp_path)]])
+        register_coco_datasets([["x", str(tmp_path / "nope.json"), str(tmp_path)]])
     with pytest.raises(FileNotFoundError, match="--register-coco x: image folder"):
-        train_net.register_coco_datasets([["x", coco[2], str(tmp_path / "missing")]])
-    train_net.register_coco_datasets([["twice", coco[2], coco[3]]])
-    train_net.register_coco_datasets([["twice", coco[2], coco[3]]])  # the same again: fine
+        register_coco_datasets([["x", coco[2], str(tmp_path / "missing")]])
+    register_coco_datasets([["twice", coco[2], coco[3]]])
+    register_coco_datasets([["twice", coco[2], coco[3]]])  # the same again: fine
     other = tmp_path / "other.json"
     other.write_text(open(coco[2]).read())
     with pytest.raises(ValueError, match="--register-coco twice: a dataset with this name"):
-        train_net.register_coco_datasets([["twice", str(other), coco[3]]])
+        register_coco_datasets([["twice", str(other), coco[3]]])

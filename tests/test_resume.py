@@ -13,15 +13,14 @@ from tests.common import CONFIGS, REPO
 
 RUNNER = r"""
 import os, sys
-sys.path.insert(0, {repo!r})
 from detectron2.data.datasets import register_coco_instances
-import train_net
+from focal_det import engine
 from focal_det.data import ShapesSpec, ensure_generated
 spec = ShapesSpec(num_train=12, num_val=2, image_size=64, max_objects=4, min_size=12, max_size=40)
 folder = ensure_generated(spec, root={data!r})
 register_coco_instances("resume_train", {{}}, os.path.join(folder, "train.json"), folder)
-args = train_net.get_parser().parse_args(sys.argv[1:])
-train_net.main(args)
+args = engine.get_parser().parse_args(sys.argv[1:])
+engine.main(args)
 """
 
 MAX_ITER = 10

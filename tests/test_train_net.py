@@ -14,7 +14,7 @@ from detectron2.utils.events import get_event_storage
 
 import demo
 import focal_det
-import train_net
+from focal_det import engine
 from focal_det.data import CLASSES, ShapesSpec, ensure_generated
 from tests.common import CONFIGS
 
@@ -42,7 +42,7 @@ def _args(out, *extra, opts=()):
             "64", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS",
             "2", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
             "DATALOADER.NUM_WORKERS", "0", "SEED", "3", *opts]
-    return train_net.get_parser().parse_args(argv)
+    return engine.get_parser().parse_args(argv)
 
 
 def test_generated_dataset_is_deterministic_and_complete(tiny_dataset, tmp_path):
@@ -61,7 +61,7 @@ def test_generated_dataset_is_deterministic_and_complete(tiny_dataset, tmp_path)
 
 def test_train_evaluate_render_resume_and_eval_only(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    train_net.main(_args(out, "--vis-images", "2"))
+    engine.main(_args(out, "--vis-images", "2"))
     metrics = [json.loads(line) for line in open(out / "metrics.json")]
     assert any("bbox/AP50" in m for m in metrics)  # evaluated at the end of training
     for name in ("model_final.pth", "metrics.json", "training_curves.png", "last_checkpoint"):
@@ -69,14 +69,14 @@ def test_train_evaluate_render_resume_and_eval_only(tiny_dataset, tmp_path):
     assert len(glob.glob(str(out / "predictions" / "*.png"))) == 2
 
     # --resume continues from last_checkpoint (iteration 4) to MAX_ITER 6.
-    trainer = train_net.Trainer(train_net.setup(_args(out, "--resume",
+    trainer = engine.Trainer(engine.setup(_args(out, "--resume",
                                                       opts=["SOLVER.MAX_ITER", "6"])))
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 4
     trainer.train()
     assert trainer.iter == 6 and os.path.exists(out / "model_final.pth")
 
-    res = train_net.main(_args(tmp_path / "eval", "--eval-only", "--vis-images", "2",
+    res = engine.main(_args(tmp_path / "eval", "--eval-only", "--vis-images", "2",
                                opts=["MODEL.WEIGHTS", str(out / "model_final.pth")]))
     assert set(res["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert all(0.0 <= res["bbox"][k] <= 100.0 for k in ("AP", "AP50", "AP75"))
@@ -98,7 +98,7 @@ def test_pictures_have_captions_and_labelled_axes(tiny_dataset, tmp_path):
     captioned = with_caption(np.full((40, 200, 3), 255, np.uint8), "ground truth (3 boxes)")
     assert captioned.shape == (68, 200, 3) and (captioned[:28] < 128).any()  # text in the band
     out = tmp_path / "run"
-    train_net.main(_args(out, "--vis-images", "1", opts=["SOLVER.MAX_ITER", "1"]))
+    engine.main(_args(out, "--vis-images", "1", opts=["SOLVER.MAX_ITER", "1"]))
     picture = cv2.imread(glob.glob(str(out / "predictions" / "*.png"))[0])
     half = (picture.shape[1] - 8) // 2
     for part in (picture[:28, :half], picture[:28, half + 8:]):  # both halves captioned
@@ -107,7 +107,7 @@ def test_pictures_have_captions_and_labelled_axes(tiny_dataset, tmp_path):
 
 def test_keep_checkpoints_keeps_the_newest_periodic_and_the_final(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    train_net.main(_args(out, "--vis-images", "-1", "--keep-checkpoints", "1",
+    engine.main(_args(out, "--vis-images", "-1", "--keep-checkpoints", "1",
                          opts=["SOLVER.MAX_ITER", "7"]))  # periodic at iterations 1, 3, 5
     assert sorted(p.name for p in out.glob("model_*.pth")) == ["model_0000005.pth",
                                                                "model_final.pth"]
@@ -121,14 +121,14 @@ def test_builtin_config_has_a_fixed_seed_and_two_runs_agree(tiny_dataset, tmp_pa
     for run in ("a", "b"):
         args = _args(tmp_path / run, "--vis-images", "-1",
                      opts=["SOLVER.MAX_ITER", "3", "SEED", str(builtin.SEED)])
-        train_net.main(args)
+        engine.main(args)
         finals.append(torch.load(tmp_path / run / "model_final.pth", weights_only=True)["model"])
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
 
 
 def test_demo_draws_images_and_video(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    train_net.main(_args(out, "--vis-images", "-1", opts=["SOLVER.MAX_ITER", "2"]))
+    engine.main(_args(out, "--vis-images", "-1", opts=["SOLVER.MAX_ITER", "2"]))
     images = sorted(glob.glob(os.path.join(tiny_dataset, "val", "*.jpg")))
     video = str(tmp_path / "clip.mp4")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 64))
@@ -175,7 +175,7 @@ def test_demo_draws_images_and_video(tiny_dataset, tmp_path):
 
 def test_demo_without_output_says_nothing_is_written(tiny_dataset, tmp_path, capfd):
     out = tmp_path / "run"
-    train_net.main(_args(out, "--vis-images", "-1", opts=["SOLVER.MAX_ITER", "1"]))
+    engine.main(_args(out, "--vis-images", "-1", opts=["SOLVER.MAX_ITER", "1"]))
     image = sorted(glob.glob(os.path.join(tiny_dataset, "val", "*.jpg")))[0]
     demo.main(["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
                "--input", image, "--opts", "MODEL.WEIGHTS", str(out / "model_final.pth")])
@@ -199,7 +199,7 @@ def test_zero_detections_evaluate_to_ap_zero(tiny_dataset, tmp_path):
 def test_num_classes_must_match_the_training_dataset(tiny_dataset, tmp_path):
     args = _args(tmp_path / "bad", opts=["MODEL.RETINANET.NUM_CLASSES", "7"])
     with pytest.raises(ValueError, match=r"MODEL.RETINANET.NUM_CLASSES=7.*has 4 classes"):
-        train_net.main(args)
+        engine.main(args)
 
 
 def _generate(root):
@@ -221,7 +221,7 @@ def test_concurrent_generation_is_safe(tmp_path):
 
 
 def test_non_finite_loss_stops_training_naming_iteration_and_loss(tiny_dataset, tmp_path):
-    trainer = train_net.Trainer(train_net.setup(_args(tmp_path / "nan")))
+    trainer = engine.Trainer(engine.setup(_args(tmp_path / "nan")))
     trainer.resume_or_load(resume=False)
     loss = trainer.model.cls_loss
 
@@ -245,7 +245,7 @@ def test_gradient_clipping_trains_with_our_model(tiny_dataset, tmp_path, clip_ty
                                              "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", clip_type,
                                              "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.01",
                                              "SOLVER.MAX_ITER", "2"])
-    trainer = train_net.Trainer(train_net.setup(args))
+    trainer = engine.Trainer(engine.setup(args))
     assert "Clip" in type(trainer.optimizer).__name__  # Detectron2 wraps the optimizer
     trainer.resume_or_load(resume=False)
     trainer.train()

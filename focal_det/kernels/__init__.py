@@ -8,13 +8,14 @@ float64 references):
 - ``triton``: a Triton kernel (``kernels/triton_loss.py``), for CUDA tensors; Triton ships
   with PyTorch's CUDA wheels. It also runs on CPU tensors under ``TRITON_INTERPRET=1``
   (the test suite does this);
-- ``reference``: ``focal_det.losses.functional.run_chunked``, plain PyTorch ops over chunks of
+- ``reference``: ``focal_det.kernels.reference``, plain PyTorch ops over chunks of
   rows; any device, any dtype, no compiled code. Used where neither fast path is available
   (e.g. the extension was not built, or CUDA without Triton).
 
 ``auto`` (the default) picks ``native`` on CPU, ``triton`` on CUDA, else ``reference``. Set
 ``FOCAL_DET_LOSS_BACKEND`` to ``native``, ``triton`` or ``reference`` to force one (an
-unavailable choice is an error, not a silent fallback), or use :func:`use_backend`. If the
+unavailable choice is an error, not a silent fallback), or use :func:`use_backend`
+(``kernels/backend.py``). If the
 auto-selected Triton kernel cannot be compiled (Triton builds its launcher with the system C
 compiler on first use), a warning says so and the reference computes the same numbers.
 
@@ -25,115 +26,24 @@ user's machine) and was slower than eager for this model on CPU. On CUDA, Triton
 PyTorch's wheels (no nvcc at install, one kernel per call, any GPU PyTorch supports), and its
 interpreter lets CI check the very same kernel on a CPU.
 """
-import contextlib
 import logging
-import os
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import triton_loss
+from .backend import (BACKENDS, TRITON_STATE, native_available, requested, select_backend,
+                      use_backend)
+from .reference import compute_dtype, reference_loss
+from .spec import LossSpec
 
 __all__ = ["LossSpec", "fused_loss", "select_backend", "use_backend", "native_available",
            "BACKENDS"]
 
-BACKENDS = ("auto", "native", "triton", "reference")
 _REDUCTION_CODES = {"none": 0, "sum": 1, "mean": 2}
-_forced: Optional[str] = None
-_triton_failed: Optional[str] = None  # why the auto-selected Triton kernel could not run
 logger = logging.getLogger(__name__)
-
-
-class LossSpec(NamedTuple):
-    """Which member of the family: FL (``star`` False) or FL* with its parameters.
-
-    CE is FL with gamma 0 and alpha -1; balanced CE is FL with gamma 0."""
-
-    star: bool
-    gamma: float
-    alpha: float
-    beta: float = 0.0
-
-
-def native_available() -> bool:
-    """True when the compiled CPU operator ``focal_det._C`` is importable."""
-    try:
-        from focal_det import _C  # noqa: F401  (registers torch.ops.focal_det)
-    except ImportError:
-        return False
-    return hasattr(torch.ops.focal_det, "sigmoid_loss")
-
-
-@contextlib.contextmanager
-def use_backend(name: str):
-    """Force a backend inside a ``with`` block (tests, benchmarks)."""
-    global _forced
-    _check_name(name, "use_backend")
-    previous, _forced = _forced, name
-    try:
-        yield
-    finally:
-        _forced = previous
-
-
-def _check_name(name: str, where: str) -> None:
-    if name not in BACKENDS:
-        raise ValueError(f"{where}={name!r} is not one of {list(BACKENDS)}")
-
-
-def select_backend(device: torch.device) -> str:
-    """The backend that computes the loss for tensors on ``device`` (see module docstring)."""
-    name = _requested()
-    _check_name(name, "FOCAL_DET_LOSS_BACKEND")
-    if name == "native" and not native_available():
-        raise RuntimeError(
-            "FOCAL_DET_LOSS_BACKEND=native, but focal_det._C is not built: reinstall focal_det "
-            "with a C++ compiler (pip install --no-build-isolation -e .)")
-    if name == "triton" and not triton_loss.available():
-        raise RuntimeError("FOCAL_DET_LOSS_BACKEND=triton, but triton is not installed")
-    if name == "native" and device.type != "cpu":
-        raise RuntimeError(f"the native backend runs on CPU tensors, not {device.type}")
-    if name == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("the triton backend runs CPU tensors only under TRITON_INTERPRET=1")
-    if name != "auto":
-        return name
-    if device.type == "cuda" and triton_loss.available() and _triton_failed is None:
-        return "triton"
-    if device.type == "cpu" and native_available():
-        return "native"
-    return "reference"
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _reference(x2d, labels, targets, spec, elementwise, scale, need_grad):
-    from focal_det.losses import functional as LF  # the plain-PyTorch definition
-
-    kernel = LF.kernel_for(spec, binary=labels is not None) if isinstance(spec, LossSpec) else spec
-    cdtype = _compute_dtype(x2d.dtype)
-    if labels is not None:
-        classes = torch.arange(x2d.shape[1], device=x2d.device)
-
-        def targets_of(start: int, end: int):
-            lab = labels[start:end, None]
-            return lab == classes, (lab >= 0).to(cdtype)  # bool targets, row weights
-    else:
-        def targets_of(start: int, end: int):
-            return targets[start:end], None
-    loss, grad = LF.run_chunked(x2d, targets_of, kernel, elementwise=elementwise,
-                                need_grad=need_grad)
-    if scale != 1.0:
-        loss = loss * scale
-        grad = grad.mul_(scale) if grad is not None else None
-    return loss, grad
-
-
-def _requested() -> str:
-    return _forced or os.environ.get("FOCAL_DET_LOSS_BACKEND", "auto")
 
 
 def _kernel(backend, x2d, labels, targets, spec, code, scale, need_grad):
@@ -144,19 +54,18 @@ def _kernel(backend, x2d, labels, targets, spec, code, scale, need_grad):
 
 
 def _run(backend, x2d, labels, targets, spec, reduction, scale, need_grad):
-    global _triton_failed
     code = _REDUCTION_CODES[reduction]
-    if backend == "triton" and _requested() == "auto":
+    if backend == "triton" and requested() == "auto":
         try:
             return _kernel("triton", x2d, labels, targets, spec, code, scale, need_grad)
         except Exception as e:  # e.g. no C compiler for Triton's launcher on this machine
-            _triton_failed = f"{type(e).__name__}: {e}"
-            logger.warning(f"The Triton loss kernel could not run ({_triton_failed}); "
+            TRITON_STATE.failure = f"{type(e).__name__}: {e}"
+            logger.warning(f"The Triton loss kernel could not run ({TRITON_STATE.failure}); "
                            "computing the loss with plain PyTorch ops instead (same numbers, "
                            "slower). FOCAL_DET_LOSS_BACKEND=reference silences this.")
             backend = "reference"
     if backend == "reference":
-        return _reference(x2d, labels, targets, spec, code == 0, scale, need_grad)
+        return reference_loss(x2d, labels, targets, spec, code == 0, scale, need_grad)
     return _kernel(backend, x2d, labels, targets, spec, code, scale, need_grad)
 
 
@@ -192,10 +101,10 @@ def fused_loss(logits: Tensor, spec: LossSpec, reduction: str, *,
     of K logits: class index, K = background, -1 = ignored) or float ``targets`` of logits'
     shape. Returns float32 (float64 for float64 logits); its gradient has logits' dtype.
 
-    ``spec`` may also be a plain-PyTorch kernel (``focal_det.losses.functional.Kernel``, e.g.
+    ``spec`` may also be a plain-PyTorch kernel (``focal_det.kernels.reference.Kernel``, e.g.
     a user's own loss); it then runs on the reference backend."""
     backend = select_backend(logits.device) if isinstance(spec, LossSpec) else "reference"
-    cdtype = _compute_dtype(logits.dtype)
+    cdtype = compute_dtype(logits.dtype)
     if labels is not None:
         labels = labels.reshape(-1)
         if labels.dtype != torch.int64:

@@ -17,16 +17,13 @@ in one fused pass per call (a C++ operator on CPU, a Triton kernel on CUDA), fro
 forms (no ``1 - p`` cancellation, finite for |x| up to 1e4 and beyond). Only the gradient is
 saved for backward, which is then one multiply. Half-precision inputs are computed in float32
 (AMP-safe); the loss is returned in float32 (float64 for float64 inputs), the gradient in the
-input's dtype. The kernels below, run over cache-sized chunks of rows by :func:`run_chunked`,
-are the plain-PyTorch definition: the ``reference`` backend, used where no fast path is built.
+input's dtype. The plain-PyTorch definition (the ``reference`` backend, used where no fast
+path is built) is ``focal_det.kernels.reference``.
 """
-from typing import Callable, Optional, Tuple
-
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels import LossSpec, fused_loss
+from ..kernels.reference import Kernel  # noqa: F401  (the type of a user's own kernel)
 
 __all__ = [
     "sigmoid_focal_loss",
@@ -36,12 +33,7 @@ __all__ = [
     "check_focal_params",
 ]
 
-# Elements per chunk: small enough that the ~15 temporaries of a chunk stay in L2 cache.
-CHUNK_ELEMENTS = 1 << 16
 _REDUCTIONS = ("none", "mean", "sum")
-
-# A kernel maps (x, t, need_grad) -> (loss, dloss/dx or None), all in the compute dtype.
-Kernel = Callable[[Tensor, Tensor, bool], Tuple[Tensor, Optional[Tensor]]]
 
 
 def check_focal_params(gamma: float, alpha: float, *, star: bool = False, beta: float = 0.0):
@@ -54,203 +46,6 @@ def check_focal_params(gamma: float, alpha: float, *, star: bool = False, beta: 
         raise ValueError(f"alpha={alpha!r}: must be in [0, 1], or negative for no weighting")
     if beta != beta or abs(beta) == float("inf"):
         raise ValueError(f"beta={beta!r}: must be finite")
-
-
-def _alpha_t(t: Tensor, alpha: float) -> Tensor:
-    # alpha for positives, 1 - alpha for negatives, linear in soft targets (as torchvision).
-    return t * (2.0 * alpha - 1.0) + (1.0 - alpha)
-
-
-def focal_kernel(gamma: float, alpha: float) -> Kernel:
-    """Per-element FL and its gradient for (soft) targets t in [0, 1]."""
-
-    def kernel(x: Tensor, t: Tensor, need_grad: bool):
-        log_p = F.logsigmoid(x)  # log p
-        log_1mp = F.logsigmoid(-x)  # log(1 - p), exact where p ~ 1
-        p, one_m_p = log_p.exp(), log_1mp.exp()
-        one_m_t = 1.0 - t
-        ce = -(t * log_p).add_(one_m_t * log_1mp)  # BCE(x, t)
-        q = (t * one_m_p).add_(one_m_t * p)  # 1 - p_t, without cancellation
-        if gamma == 0:
-            mod = None
-        elif gamma == 2:
-            mod = q * q
-        elif gamma == 1:
-            mod = q
-        else:
-            mod = q.pow(gamma)
-        loss = ce if mod is None else ce * mod
-        a_t = _alpha_t(t, alpha) if alpha >= 0 else None
-        if a_t is not None:
-            loss = loss.mul_(a_t) if loss is not ce else loss * a_t
-        if not need_grad:
-            return loss, None
-        # d/dx = alpha_t [ (p - t) q^g - g ce q^(g-1) p (1-p) (2t-1) ], with p - t written
-        # without cancellation and q^(g-1) p (1-p) as q^g * (p (1-p) / q), 0 where q = 0.
-        grad = (one_m_t * p).sub_(t * one_m_p)
-        if mod is not None:
-            ratio = (p * one_m_p).div_(q.clamp_min(torch.finfo(q.dtype).tiny))
-            grad = grad.sub_(ratio.mul_(ce).mul_(2.0 * t - 1.0).mul_(gamma)).mul_(mod)
-        if a_t is not None:
-            grad = grad.mul_(a_t)
-        return loss, grad
-
-    return kernel
-
-
-def binary_focal_kernel(gamma: float, alpha: float) -> Kernel:
-    """FL and its gradient for binary targets t in {0, 1} (bool or float); elementwise.
-
-    Also carries ``sum_into``, the fused form used for "sum"/"mean": it never materializes the
-    elementwise loss and writes the gradient straight into the output buffer.
-    """
-
-    def terms(x: Tensor, pos: Tensor):
-        # With x_n = -x_t: -log p_t = softplus(x_n) and 1 - p_t = sigmoid(x_n), both exact.
-        x_n = torch.where(pos, x.neg(), x)
-        ce = F.softplus(x_n)
-        q = torch.sigmoid(x_n)
-        mod = None if gamma == 0 else (q if gamma == 1 else (q * q if gamma == 2 else q.pow(gamma)))
-        return ce, q, mod
-
-    def alphas(x: Tensor, weight: Optional[Tensor]):
-        a_pos, a_neg = (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
-        if weight is None:
-            return (torch.tensor(a_pos, dtype=x.dtype, device=x.device),
-                    torch.tensor(a_neg, dtype=x.dtype, device=x.device))
-        return weight * a_pos, weight * a_neg
-
-    def grad_terms(ce, q, mod):
-        # dFL/dx = -y alpha_t (1 - p_t)^gamma (gamma p_t (-log p_t) + (1 - p_t))
-        m = torch.addcmul(q, 1.0 - q, ce, value=gamma) if gamma != 0 else q
-        return m.mul_(mod) if mod is not None else m
-
-    def kernel(x: Tensor, t: Tensor, need_grad: bool):
-        pos = t if t.dtype == torch.bool else t > 0.5
-        ce, q, mod = terms(x, pos)
-        a_pos, a_neg = alphas(x, None)
-        at = torch.where(pos, a_pos, a_neg)
-        loss = (ce * mod if mod is not None else ce).mul_(at)
-        if not need_grad:
-            return loss, None
-        return loss, grad_terms(ce, q, mod).mul_(torch.where(pos, -a_pos, a_neg))
-
-    def sum_into(x: Tensor, t: Tensor, weight: Optional[Tensor], grad_out: Optional[Tensor]):
-        if t.dtype != torch.bool and not is_binary(t):
-            return None
-        pos = t if t.dtype == torch.bool else t > 0.5
-        ce, q, mod = terms(x, pos)
-        a_pos, a_neg = alphas(x, weight)
-        lm = ce * mod if mod is not None else ce
-        total = lm.mul_(torch.where(pos, a_pos, a_neg)).sum()  # cascade sum: accurate
-        if grad_out is not None:
-            torch.mul(grad_terms(ce, q, mod), torch.where(pos, -a_pos, a_neg), out=grad_out)
-        return total.double()
-
-    kernel.sum_into = sum_into
-    return kernel
-
-
-def is_binary(t: Tensor) -> bool:
-    return bool(torch.logical_or(t == 0, t == 1).all())
-
-
-def with_binary_fast_path(binary: Kernel, general: Kernel) -> Kernel:
-    """Use ``binary`` on chunks whose targets are all 0 or 1, ``general`` otherwise."""
-
-    def kernel(x: Tensor, t: Tensor, need_grad: bool):
-        return (binary if is_binary(t) else general)(x, t, need_grad)
-
-    return kernel
-
-
-def focal_loss_kernel(gamma: float, alpha: float) -> Kernel:
-    """FL kernel for float targets: the binary fast path where targets are 0/1."""
-    return with_binary_fast_path(binary_focal_kernel(gamma, alpha), focal_kernel(gamma, alpha))
-
-
-def focal_star_kernel(gamma: float, beta: float, alpha: float) -> Kernel:
-    """Per-element FL* and its gradient for (soft) targets t in [0, 1]."""
-
-    def kernel(x: Tensor, t: Tensor, need_grad: bool):
-        y = 2.0 * t - 1.0
-        z = (x * y).mul_(gamma).add_(beta)  # gamma * x_t + beta
-        loss = F.logsigmoid(z).div_(-gamma)
-        a_t = _alpha_t(t, alpha) if alpha >= 0 else None
-        if a_t is not None:
-            loss = loss.mul_(a_t)
-        if not need_grad:
-            return loss, None
-        grad = torch.sigmoid(z.neg_()).mul_(y).neg_()  # y (p*_t - 1) = -y sigmoid(-z)
-        if a_t is not None:
-            grad = grad.mul_(a_t)
-        return loss, grad
-
-    return kernel
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; float32 and half types are computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def run_chunked(
-    x2d: Tensor,
-    targets_of: Callable[[int, int], Tuple[Tensor, Optional[Tensor]]],
-    kernel: Kernel,
-    *,
-    elementwise: bool,
-    need_grad: bool,
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """Apply ``kernel`` to row-chunks of ``x2d`` (R, C).
-
-    ``targets_of(start, end)`` returns the (rows, C) float targets of rows [start, end) and an
-    optional (rows, 1) weight (0 drops a row, e.g. ignored anchors). Returns the loss (sum as a
-    0-dim tensor, or (R, C) elementwise) and the gradient (R, C) in x2d's dtype, or None.
-    """
-    rows, cols = x2d.shape
-    cdtype = compute_dtype(x2d.dtype)
-    step = max(1, CHUNK_ELEMENTS // max(cols, 1))
-    out = x2d.new_empty((rows, cols), dtype=cdtype) if elementwise else None
-    grad = x2d.new_empty((rows, cols)) if need_grad else None
-    partial_sums = []
-    for start in range(0, rows, step):
-        end = min(start + step, rows)
-        x = x2d[start:end].to(cdtype)
-        t, weight = targets_of(start, end)
-        sum_into = getattr(kernel, "sum_into", None)
-        if not elementwise and sum_into is not None:
-            partial = sum_into(x, t, weight, grad[start:end] if need_grad else None)
-            if partial is not None:
-                partial_sums.append(partial)
-                continue
-        if t.dtype == torch.bool:
-            t = t.to(cdtype)
-        loss, g = kernel(x, t, need_grad)
-        if weight is not None:
-            loss = loss * weight
-            if g is not None:
-                g = g.mul_(weight)
-        if elementwise:
-            out[start:end] = loss
-        else:
-            partial_sums.append(loss.sum(dtype=torch.float64))
-        if g is not None:
-            grad[start:end] = g
-    if not elementwise:
-        total = torch.stack(partial_sums).sum() if partial_sums else x2d.new_zeros((), dtype=torch.float64)
-        out = total.to(cdtype)
-    return out, grad
-
-
-def kernel_for(spec, binary: bool = False) -> Kernel:
-    """The plain-PyTorch kernel of a ``focal_det.kernels.LossSpec`` (the reference backend);
-    ``binary``: targets are known to be 0/1 (the label path)."""
-    if spec.star:
-        return focal_star_kernel(spec.gamma, spec.beta, spec.alpha)
-    if binary:
-        return binary_focal_kernel(spec.gamma, spec.alpha)
-    return focal_loss_kernel(spec.gamma, spec.alpha)
 
 
 def apply_loss(logits: Tensor, targets: Tensor, spec, reduction: str) -> Tensor:

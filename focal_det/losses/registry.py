@@ -26,6 +26,7 @@ from fvcore.common.registry import Registry
 from torch import Tensor
 
 from ..kernels import LossSpec, fused_loss
+from ..kernels.reference import Kernel, kernel_for
 from . import functional as LF
 
 CLS_LOSS_REGISTRY = Registry("FOCAL_DET_CLS_LOSS")
@@ -70,16 +71,16 @@ class SigmoidClassificationLoss:
 
     Subclasses return their :class:`focal_det.kernels.LossSpec` from ``spec()`` (computed by the
     fused kernels), or override ``kernel()`` with a plain-PyTorch per-element kernel
-    (``focal_det.losses.functional.Kernel``), which then runs chunk by chunk."""
+    (``focal_det.kernels.reference.Kernel``), which then runs chunk by chunk."""
 
     def spec(self) -> Optional[LossSpec]:
         return None
 
-    def kernel(self) -> LF.Kernel:
+    def kernel(self) -> Kernel:
         spec = self.spec()
         if spec is None:
             raise NotImplementedError(f"{type(self).__name__} defines neither spec() nor kernel()")
-        return LF.kernel_for(spec)
+        return kernel_for(spec)
 
     def _spec_or_kernel(self):
         spec = self.spec()

@@ -64,11 +64,16 @@ class FocalRetinaNet(RetinaNet):
     """RetinaNet (Lin et al. 2017) driven by focal_det's registered loss family."""
 
     @configurable
-    def __init__(self, *, cls_loss, loss_normalizer: str = "num_fg", matcher_chunk: int = 256,
+    def __init__(self, *, cls_loss, bias_init: str = "PriorProb", prior_prob: float = 0.01,
+                 loss_normalizer: str = "num_fg", matcher_chunk: int = 256,
                  fold_norms: bool = True, channels_last: bool = False, **kwargs):
         """
         Args:
             cls_loss: a loss object from ``focal_det.losses`` (see its registry's contract).
+            bias_init, prior_prob: the class conv's initial bias, by the initializer registered
+                under ``bias_init`` in ``focal_det.bias_init`` (the paper's ``PriorProb``:
+                every anchor starts at foreground probability ``prior_prob`` under
+                ``cls_loss.probs``). Applied here, so keyword and config builds agree.
             loss_normalizer: "num_fg" or "ema" (see module docstring).
             matcher_chunk: images with more GT boxes than this are matched to anchors in chunks
                 of this many boxes (bounded memory, same result).
@@ -78,6 +83,9 @@ class FocalRetinaNet(RetinaNet):
             kwargs: everything :class:`detectron2.modeling.RetinaNet` takes.
         """
         super().__init__(**kwargs)
+        # The paper's prior initialization, through the loss's own probability mapping.
+        torch.nn.init.constant_(self.head.cls_score.bias,
+                                class_bias_value(bias_init, cls_loss, prior_prob))
         check_choice("loss_normalizer", loss_normalizer, LOSS_NORMALIZERS)
         if matcher_chunk < 1:
             raise ValueError(f"MODEL.FOCAL_DET.MATCHER_CHUNK={matcher_chunk!r} must be >= 1")
@@ -103,10 +111,9 @@ class FocalRetinaNet(RetinaNet):
     def from_config(cls, cfg):
         validate_retinanet_config(cfg)
         ret = super().from_config(cfg)
-        cls_loss = build_cls_loss(cfg)
-        # The paper's prior initialization, through the loss's own probability mapping.
-        torch.nn.init.constant_(ret["head"].cls_score.bias, class_bias_value(cfg, cls_loss))
-        ret["cls_loss"] = cls_loss
+        ret["cls_loss"] = build_cls_loss(cfg)
+        ret["bias_init"] = cfg.MODEL.FOCAL_DET.HEAD.BIAS_INIT
+        ret["prior_prob"] = cfg.MODEL.FOCAL_DET.HEAD.PRIOR_PROB
         ret["loss_normalizer"] = cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER
         ret["matcher_chunk"] = cfg.MODEL.FOCAL_DET.MATCHER_CHUNK
         ret["fold_norms"] = cfg.MODEL.FOCAL_DET.FOLD_NORMS

@@ -1,5 +1,9 @@
-"""File helpers."""
+"""File helpers: files appear whole (written aside, then renamed) and with the mode the umask
+gives."""
+import io
 import os
+import tempfile
+from typing import Callable
 
 
 def _umask() -> int:
@@ -14,13 +18,24 @@ def follow_umask(path: str, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def write_report(folder: str, stem: str, data, title: str, command: str, table: str) -> None:
-    """``folder/stem.json`` (``data``) and ``folder/stem.md`` (a title, the command that
-    regenerates it, a markdown table), as the analysis tools write them."""
-    import json
+def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through ``write(file)`` so readers see the old or the new file, never
+    a partial one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        follow_umask(tmp)  # colleagues may read checkpoints as they read any other file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f"{stem}.json"), "w") as f:
-        json.dump(data, f, indent=1)
-    with open(os.path.join(folder, f"{stem}.md"), "w") as f:
-        f.write(f"# {title}\n\nRegenerate: `{command}`\n\n{table}")
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -1,0 +1,116 @@
+"""What every focal_det command shares: the config (a ``.yaml`` or a LazyConfig ``.py``) from
+``--config-file`` and overrides, ``--register-coco``, ``--output``, the line that regenerates a
+report, and writing the report.
+
+``train_net.py``, ``demo.py``, ``tools/*`` and ``benchmarks/*`` build their parsers and configs
+here, so a new command reads like the others and a fix lands everywhere at once.
+"""
+import argparse
+import json
+import os
+import shlex
+import sys
+from typing import List, Optional, Sequence
+
+from .data.register import register_coco_datasets
+from .errors import FocalDetError
+from .utils.files import atomic_write_text
+
+__all__ = ["add_config_args", "add_register_coco", "add_output", "is_lazy_config",
+           "load_config", "load_yaml_config", "regenerate_command", "write_report",
+           "ConfigFileError", "register_coco_datasets"]
+
+
+class ConfigFileError(FocalDetError, ValueError):
+    pass
+
+
+def add_config_args(parser: argparse.ArgumentParser, *, repeatable: bool = False,
+                    opts: str = "positional") -> None:
+    """``--config-file`` (``repeatable``: several) and the overrides: ``opts="positional"``
+    (Detectron2's ``KEY VALUE ...`` at the end) or ``"flag"`` (``--opts KEY VALUE ...``, the
+    demo's interface). ``.yaml`` overrides are ``KEY VALUE`` pairs, ``.py`` ones ``key=value``."""
+    parser.add_argument("--config-file", metavar="FILE", required=True,
+                        action="append" if repeatable else "store",
+                        help="a .yaml config or a LazyConfig .py config" +
+                             (" (repeatable)" if repeatable else ""))
+    help_ = "config overrides: KEY VALUE pairs (.yaml) or key=value (.py)"
+    if opts == "flag":
+        parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help=help_)
+    else:
+        parser.add_argument("opts", default=[], nargs=argparse.REMAINDER, help=help_)
+
+
+def add_register_coco(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--register-coco", nargs=3, action="append",
+                        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                        help="register a COCO-format dataset under NAME (repeatable); then "
+                             "use it in DATASETS.TRAIN / DATASETS.TEST")
+
+
+def add_output(parser: argparse.ArgumentParser, default: Optional[str] = None,
+               what: str = "the report") -> None:
+    parser.add_argument("--output", default=default, metavar="DIR",
+                        help=f"folder for {what}" + (f" (default {default})" if default else ""))
+
+
+def is_lazy_config(path: str) -> bool:
+    return path.endswith(".py")
+
+
+def _check_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise ConfigFileError(f"--config-file {path!r} does not exist")
+    if not (path.endswith((".yaml", ".yml")) or is_lazy_config(path)):
+        raise ConfigFileError(f"--config-file {path!r}: expected a .yaml or a LazyConfig .py file")
+
+
+def load_yaml_config(path: str, opts: Sequence[str] = (), *, device: Optional[str] = None,
+                     freeze: bool = True):
+    """focal_det's defaults, then ``path``, then ``opts`` (``KEY VALUE`` pairs)."""
+    from .config import get_cfg
+
+    _check_file(path)
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts))
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def load_config(path: str, opts: Sequence[str] = (), *, device: Optional[str] = None,
+                freeze: bool = True):
+    """A ``CfgNode`` for a ``.yaml`` file, a LazyConfig ``DictConfig`` for a ``.py`` one (its
+    overrides as ``key=value``, e.g. ``model.cls_loss.gamma=1``)."""
+    if not is_lazy_config(path):
+        return load_yaml_config(path, opts, device=device, freeze=freeze)
+    from detectron2.config import LazyConfig
+
+    _check_file(path)
+    cfg = LazyConfig.load(path)
+    bad = [o for o in opts if "=" not in o]
+    if bad:
+        raise ConfigFileError(f"{path}: overrides of a .py config are key=value, not {bad[0]!r}")
+    cfg = LazyConfig.apply_overrides(cfg, list(opts))
+    if device is not None:
+        cfg.train.device = device
+    return cfg
+
+
+def regenerate_command(script: str, argv: Optional[List[str]] = None) -> str:
+    """The shell line that reruns ``script`` with ``argv`` (default: this process's), each
+    argument quoted so that it pastes back into a shell unchanged."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", script, *args])
+
+
+def write_report(folder: str, stem: str, data, title: str, command: str, table: str) -> None:
+    """``folder/stem.json`` (``data``) and ``folder/stem.md`` (a title, the command that
+    regenerates it, a markdown table), each written whole."""
+    os.makedirs(folder, exist_ok=True)
+    atomic_write_text(os.path.join(folder, f"{stem}.json"), json.dumps(data, indent=1))
+    atomic_write_text(os.path.join(folder, f"{stem}.md"),
+                      f"# {title}\n\nRegenerate: `{command}`\n\n{table}")

@@ -1,0 +1,12 @@
+"""The training and evaluation engine behind ``train_net.py``.
+
+- ``trainer.py``: :class:`Trainer`, Detectron2's ``DefaultTrainer`` with focal_det's
+  checkpointer, data stream, evaluator and exact-resume state;
+- ``run.py``: the command (parser, preflight, setup, launch, train or evaluate);
+- ``lazy.py``: the same for LazyConfig ``.py`` configs.
+"""
+from .run import get_parser, load_cfg, main, preflight, render, run_command, setup
+from .trainer import Trainer
+
+__all__ = ["Trainer", "get_parser", "load_cfg", "main", "preflight", "render", "run_command",
+           "setup"]

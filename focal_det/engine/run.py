@@ -1,0 +1,121 @@
+"""What ``train_net.py`` does: parse, check before any work, launch, train or evaluate.
+
+A ``.yaml`` config trains with :class:`focal_det.engine.Trainer`; a LazyConfig ``.py`` config
+with :mod:`focal_det.engine.lazy`. Both take Detectron2's command line (``--num-gpus``,
+``--resume``, ``--eval-only``, ...) plus ``--vis-images``, ``--keep-checkpoints`` and
+``--register-coco``.
+"""
+import logging
+import os
+import sys
+
+import detectron2.utils.comm as comm
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
+
+from .. import cli
+from ..checkpoint import FocalCheckpointer
+from ..data import prepare_datasets
+from ..errors import FocalDetError
+from ..preflight import check_datasets, check_device
+from . import lazy
+from .trainer import Trainer
+
+logger = logging.getLogger("focal_det")
+
+
+def get_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--vis-images", type=int, default=0,
+                        help="after training, draw predictions on this many test images "
+                             "(and always the training curves); -1 draws nothing")
+    parser.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
+                        help="keep only the N most recent periodic checkpoints besides "
+                             "model_final (default 0: all, as Detectron2)")
+    cli.add_register_coco(parser)
+    return parser
+
+
+def load_cfg(args):
+    """The run's config (``CfgNode`` or LazyConfig), after registering ``--register-coco``."""
+    cli.register_coco_datasets(getattr(args, "register_coco", None))
+    return cli.load_config(args.config_file, args.opts)
+
+
+def preflight(args) -> None:
+    """Before any process starts or anything is written: the device exists, and every dataset
+    this run reads is there and sound (focal_det.preflight)."""
+    cfg = load_cfg(args)
+    if cli.is_lazy_config(args.config_file):
+        device = cfg.train.device
+        names = lazy.dataset_names(cfg, train=not args.eval_only)
+    else:
+        device = cfg.MODEL.DEVICE
+        names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+    check_device(device, args.num_gpus)
+    prepare_datasets(names)
+    check_datasets(names)
+
+
+def setup(args):
+    """The frozen config, with Detectron2's setup (output folder, logs, seed) done."""
+    cfg = load_cfg(args)
+    default_setup(cfg, args)
+    output_dir = lazy.output_dir(cfg) if cli.is_lazy_config(args.config_file) else cfg.OUTPUT_DIR
+    setup_logger(output=output_dir, distributed_rank=comm.get_rank(), name="focal_det")
+    if cli.is_lazy_config(args.config_file):
+        prepare_datasets(lazy.dataset_names(cfg, train=True))
+    else:
+        prepare_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    return cfg
+
+
+def render(cfg, model, num_images, curves: bool = True):
+    """Training curves and prediction pictures, written next to the checkpoint."""
+    from ..utils.vis import plot_training_curves, save_prediction_images
+
+    if curves:
+        logger.info(f"Training curves: {plot_training_curves(cfg.OUTPUT_DIR)}")
+    if num_images > 0 and cfg.DATASETS.TEST:
+        out = os.path.join(cfg.OUTPUT_DIR, "predictions")
+        save_prediction_images(cfg, model, cfg.DATASETS.TEST[0], out, num_images)
+        logger.info(f"Predictions next to ground truth: {out}/*.png")
+
+
+def main(args):
+    """One process's work (``launch`` runs it in every process)."""
+    cfg = setup(args)
+    if cli.is_lazy_config(args.config_file):
+        return lazy.main(cfg, args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        checkpointer = FocalCheckpointer(model, save_dir=cfg.OUTPUT_DIR,
+                                         require_same_classes=True)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+            render(cfg, model, args.vis_images, curves=False)  # no training, no curves
+        return res
+
+    trainer = Trainer(cfg, keep_checkpoints=args.keep_checkpoints)
+    trainer.resume_or_load(resume=args.resume)
+    res = trainer.train()
+    if comm.is_main_process() and args.vis_images >= 0:
+        render(cfg, trainer.model, args.vis_images)
+        logger.info(f"Outputs (checkpoint, metrics.json, pictures) are in {cfg.OUTPUT_DIR}")
+    return res
+
+
+def run_command(argv=None, prog: str = "train_net.py"):
+    """The whole command: parse, preflight, launch ``main`` in every process. A problem with
+    the user's input ends the command with one message and no traceback."""
+    args = get_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    try:
+        preflight(args)
+        launch(main, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except FocalDetError as e:
+        sys.exit(f"{prog}: {e}")

@@ -1,0 +1,123 @@
+"""focal_det's trainer: Detectron2's ``DefaultTrainer`` with safe, atomic checkpoints, an exactly
+resumable data stream, focal_det's evaluator, and everything exact resume needs in one state.
+
+The checkpointed trainer state (``Trainer.state_dict``) is Detectron2's (iteration, hooks:
+LR scheduler) plus, under ``"focal_det"``, what Detectron2 does not keep: the optimizer
+(Detectron2 v0.6 did not checkpoint it; later versions add ``"_trainer"``, which is used when
+present), the torch RNG and RetinaNet's EMA loss normalizer (a plain attribute of the model).
+"""
+import os
+import weakref
+
+import detectron2.utils.comm as comm
+import torch
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import DefaultTrainer, hooks
+
+from ..checkpoint import FocalCheckpointer
+from ..config import check_num_classes
+from ..data.checks import FocalDatasetMapper, sanitize_boxes
+from ..data.resumable import PositionalDataset, PositionalSampler, SeededMapper
+from ..evaluation import FocalCOCOEvaluator
+from ..utils.ddp import cpu_ddp_support
+
+# Where checkpoints written before this module existed kept the RNG and EMA state.
+_LEGACY_HOOK_SUFFIX = "ResumeStateHook"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+class Trainer(DefaultTrainer):
+    def __init__(self, cfg, keep_checkpoints: int = 0):
+        """``keep_checkpoints``: keep only this many most recent periodic checkpoints (besides
+        model_final); 0 keeps all, as Detectron2 does."""
+        self.keep_checkpoints = keep_checkpoints
+        with cpu_ddp_support():  # lets several CPU processes (gloo) train too
+            super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer made a DetectionCheckpointer just before calling this; swap in ours
+        # (atomic saves, code-free loading) before the checkpoint hook captures it.
+        self.checkpointer = FocalCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        ret = super().build_hooks()
+        for h in ret:
+            if isinstance(h, hooks.PeriodicCheckpointer) and self.keep_checkpoints > 0:
+                h.max_to_keep = self.keep_checkpoints
+        return ret
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_position: int = 0):
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        check_num_classes(cfg)  # loading the datasets has set their metadata
+        dataset = sanitize_boxes(dataset, cfg.DATASETS.TRAIN)
+        mapper = FocalDatasetMapper(cfg, True)
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":  # e.g. repeat-factor sampling
+            return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+        # Exactly resumable stream (focal_det.data.resumable), otherwise as TrainingSampler.
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return build_detection_train_loader(
+            cfg, mapper=SeededMapper(mapper, seed), dataset=PositionalDataset(dataset, seed),
+            sampler=PositionalSampler(start_position),
+        )
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret.setdefault("_trainer", self._trainer.state_dict())
+        state = {"torch_rng": torch.get_rng_state()}
+        model = unwrap(self.model)
+        if hasattr(model, "loss_normalizer"):
+            state["ema_loss_normalizer"] = float(model.loss_normalizer)
+        ret["focal_det"] = state
+        return ret
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        hook_states = dict(state_dict.get("hooks", {}))
+        legacy = [k for k in hook_states if k.endswith(_LEGACY_HOOK_SUFFIX)]
+        state = state_dict.pop("focal_det", None) or (hook_states.pop(legacy[0]) if legacy
+                                                      else None)
+        state_dict["hooks"] = {k: v for k, v in hook_states.items()
+                               if not k.endswith(_LEGACY_HOOK_SUFFIX)}
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        if state is not None:
+            torch.set_rng_state(state["torch_rng"])
+            if "ema_loss_normalizer" in state:
+                unwrap(self.model).loss_normalizer = state["ema_loss_normalizer"]
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0 and self.cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            # Continue the data stream where the checkpointed run was, not at its beginning.
+            def build():
+                return self.build_train_loader(
+                    self.cfg, start_position=self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
+
+            if hasattr(self._trainer, "reset_data_loader"):
+                # Detectron2 after v0.6: _data_loader_iter is a read-only, lazily made property
+                self._trainer.reset_data_loader(build)
+            else:  # v0.6: a plain attribute made in the constructor
+                self._trainer.data_loader = build()
+                self._trainer._data_loader_iter = iter(self._trainer.data_loader)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=FocalDatasetMapper(cfg, False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return FocalCOCOEvaluator(dataset_name, output_dir=output_folder)
