@@ -5,6 +5,8 @@
         --input 'photos/*.jpg' folder_of_images/ --output out/ \
         --opts MODEL.WEIGHTS output/demo/model_final.pth
     python demo.py --config-file ... --video-input clip.mp4 --output clip_annotated.mp4 --opts ...
+    python demo.py --config-file configs/lazy/retinanet_R18_shapes.py --input img.jpg \
+        --output out/ --opts train.init_checkpoint=output/lazy/model_final.pth
 """
 import argparse
 import glob
@@ -21,7 +23,9 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from focal_det import cli
 from focal_det.errors import FocalDetError
+from focal_det.inference import inference_spec, set_score_threshold
 
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -30,24 +34,21 @@ logger = logging.getLogger("focal_det.demo")
 
 def get_parser():
     p = argparse.ArgumentParser(description="focal_det demo (Detectron2's demo interface)")
-    p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--input", nargs="+", help="image files, globs ('imgs/*.jpg') or folders")
     p.add_argument("--video-input", help="a video file; writes an annotated video to --output")
     p.add_argument("--output", help="a file (one input) or a folder for the drawn results")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
-    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                   help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
+    cli.add_config_args(p, opts="flag")  # --opts last: it takes the rest of the line
     return p
 
 
 def setup_cfg(args):
-    cfg = focal_det.get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise SystemExit(f"--confidence-threshold={args.confidence_threshold} must be in [0, 1]")
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
-    cfg.freeze()
+    cfg = cli.load_config(args.config_file, args.opts, freeze=False)
+    set_score_threshold(cfg, args.confidence_threshold)
+    if hasattr(cfg, "freeze"):
+        cfg.freeze()
     return cfg
 
 
@@ -67,8 +68,7 @@ def expand_inputs(patterns):
 
 
 def metadata_of(cfg):
-    name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
-    return MetadataCatalog.get(name)
+    return MetadataCatalog.get(inference_spec(cfg).test_dataset or "__unused")
 
 
 def output_path(args, path, many):

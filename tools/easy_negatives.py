@@ -15,10 +15,8 @@ CE with alpha .75, i.e. gamma 0, and FL gamma 2, alpha .25). Writes ``easy_negat
 """
 import argparse
 import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from focal_det import cli
 
 DEFAULT_LOSSES = ["CE_a0.75=0,0.75", "FL_g2_a0.25=2,0.25"]
 
@@ -39,33 +37,16 @@ def _loss(text: str):
     return name, gamma, alpha
 
 
-def markdown(rows) -> str:
-    lines = ["| model | loss | negatives / image | hard negatives (p_t <= 0.5) / image | "
-             "loss share: easy negatives | loss share: all negatives | "
-             "gradient share (L1): easy negatives | gradient share (L2²): easy negatives |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        n = max(r["images"], 1)
-        hard = (r["negatives"] - r["easy_negatives"]) / n
-        lines.append(f"| {r['model']} | {r['loss']} | {r['negatives'] / n:,.0f} | {hard:,.1f} | "
-                     f"{r['loss_share_easy_negatives']:.1%} | {r['loss_share_all_negatives']:.1%}"
-                     f" | {r['grad_l1_share_easy_negatives']:.1%} | "
-                     f"{r['grad_l2sq_share_easy_negatives']:.1%} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True)
+    cli.add_config_args(p)
     p.add_argument("--model", action="append", required=True, metavar="NAME=WEIGHTS")
     p.add_argument("--loss", action="append", default=None, metavar="NAME=GAMMA,ALPHA")
     p.add_argument("--dataset", default=None, help="default: DATASETS.TEST[0]")
     p.add_argument("--num-images", type=int, default=100)
-    p.add_argument("--register-coco", nargs=3, action="append",
-                   metavar=("NAME", "JSON", "IMAGE_ROOT"), help="as in train_net.py")
-    p.add_argument("--output", default=None)
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="cfg KEY VALUE ...")
+    cli.add_register_coco(p)
+    cli.add_output(p, what="easy_negatives.{json,md}")
     args = p.parse_args(argv)
     models = [_pair(m, "model") for m in args.model]
     losses = [_loss(x) for x in (args.loss or DEFAULT_LOSSES)]
@@ -73,23 +54,16 @@ def main(argv=None):
         if weights != "init" and not os.path.isfile(weights):
             raise SystemExit(f"--model {name}: weights file {weights!r} does not exist")
 
-    import focal_det
     import torch
     from detectron2.modeling import build_model
 
-    from focal_det.analysis.easy_negatives import easy_negative_shares
+    from focal_det.analysis.easy_negatives import easy_negative_shares, markdown
     from focal_det.analysis.samples import collect_logits
     from focal_det.checkpoint import FocalCheckpointer
     from focal_det.data import prepare_datasets
 
-    from train_net import register_coco_datasets
-
-    register_coco_datasets(args.register_coco)
-    cfg = focal_det.get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cli.register_coco_datasets(args.register_coco)
+    cfg = cli.load_yaml_config(args.config_file, args.opts, device="cpu")
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     states = []  # every weights file is loaded (and checked) before any data is read
     for name, weights in models:
@@ -111,11 +85,8 @@ def main(argv=None):
     table = markdown(rows)
     print(table)
     if args.output:
-        from focal_det.utils.files import write_report
-
-        command = "python tools/easy_negatives.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        write_report(args.output, "easy_negatives", rows, f"Easy negatives (p_t > 0.5) on "
+        command = cli.regenerate_command("tools/easy_negatives.py", argv)
+        cli.write_report(args.output, "easy_negatives", rows, f"Easy negatives (p_t > 0.5) on "
                      f"{dataset}, {args.num_images} images", command, table)
     return rows
 

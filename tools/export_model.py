@@ -26,13 +26,14 @@ import os
 import sys
 import warnings
 
-import focal_det  # first: it imports fvcore/Detectron2 without their import-time warnings
+import focal_det  # noqa: F401  (first: it imports fvcore/Detectron2 without their warnings)
 import torch
 from detectron2.export import TracingAdapter
-from detectron2.modeling import build_model
 
+from focal_det import cli
 from focal_det.checkpoint import FocalCheckpointer
 from focal_det.errors import FocalDetError
+from focal_det.inference import inference_spec
 
 OUTPUT_NAMES = ["boxes", "classes", "scores", "image_size"]  # TracingAdapter's flat order
 OPSET = 17
@@ -100,27 +101,27 @@ RUNTIMES = {
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     p.add_argument("--export-method", choices=["tracing", "scripting"], default="tracing")
     p.add_argument("--output", required=True, help="folder for the model and run_model.py")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                   help="config overrides, e.g. MODEL.WEIGHTS model_final.pth")
+    cli.add_config_args(p)  # overrides: MODEL.WEIGHTS w.pth (.yaml), train.init_checkpoint=w.pth
     return p
 
 
 def load_model(cfg):
-    if not cfg.MODEL.WEIGHTS:
-        raise FocalDetError("MODEL.WEIGHTS is empty: give the trained weights to export")
-    model = build_model(cfg).eval()
-    FocalCheckpointer(model, require_same_classes=True).load(cfg.MODEL.WEIGHTS)
+    spec = inference_spec(cfg)
+    if not spec.weights:
+        raise FocalDetError("MODEL.WEIGHTS (train.init_checkpoint in a .py config) is empty: "
+                            "give the trained weights to export")
+    model = spec.build_model()
+    FocalCheckpointer(model, require_same_classes=True).load(spec.weights)
     return model
 
 
 def trace_adapter(model, cfg):
     """TracingAdapter around ``model`` with a sample image of the test size (the graph is
     not specialized to it)."""
-    size = cfg.INPUT.MIN_SIZE_TEST
+    size = inference_spec(cfg).min_size
     sample = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)) * 255
     return TracingAdapter(model, [{"image": sample}]).eval()
 
@@ -157,12 +158,13 @@ def export(cfg, fmt: str, out_dir: str, method: str = "tracing") -> str:
 def write_runner(cfg, fmt: str, out_dir: str) -> None:
     from detectron2.data import MetadataCatalog
 
+    spec = inference_spec(cfg)
     classes = []
-    if len(cfg.DATASETS.TEST):
-        classes = list(MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", []))
+    if spec.test_dataset:
+        classes = list(MetadataCatalog.get(spec.test_dataset).get("thing_classes", []))
     imports, load = RUNTIMES[fmt]
-    text = RUNNER.format(imports=imports, load=load, min_size=cfg.INPUT.MIN_SIZE_TEST,
-                         max_size=cfg.INPUT.MAX_SIZE_TEST, input_format=cfg.INPUT.FORMAT,
+    text = RUNNER.format(imports=imports, load=load, min_size=spec.min_size,
+                         max_size=spec.max_size, input_format=spec.input_format,
                          classes=classes)
     with open(os.path.join(out_dir, "run_model.py"), "w") as f:
         f.write(text)
@@ -173,10 +175,7 @@ def main(argv=None):
     if args.export_method == "scripting" and args.format != "torchscript":
         raise FocalDetError(f"--export-method scripting works with --format torchscript only "
                             f"(got --format {args.format}); ONNX export is by tracing")
-    cfg = focal_det.get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = cli.load_config(args.config_file, args.opts)
     path = export(cfg, args.format, args.output, args.export_method)
     print(f"Exported {path}; run it with: python {os.path.join(args.output, 'run_model.py')} "
           "IMAGE")

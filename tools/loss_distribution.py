@@ -19,125 +19,37 @@ and for each gamma and set: the share of the loss carried by the hardest 1/5/10/
 samples, and the fraction of hardest samples that carries half of the loss) and a markdown
 summary ``loss_distribution.md``.
 """
-import argparse
-import json
 import os
-import sys
-from typing import Dict, List
 
-import torch
+from focal_det import cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-HARDEST = (0.01, 0.05, 0.10, 0.20, 0.50)
-
-
-def normalized_cdf(losses: torch.Tensor) -> torch.Tensor:
-    """Sorted from the smallest loss; cumulative share of the total (ends at 1)."""
-    losses = losses.double().sort().values
-    total = losses.sum()
-    if total <= 0:
-        return torch.linspace(0, 1, len(losses), dtype=torch.float64)
-    return losses.cumsum(0) / total
-
-
-def hardest_share(cdf: torch.Tensor, fraction: float) -> float:
-    """Share of the loss carried by the hardest ``fraction`` of the samples."""
-    n = len(cdf)
-    k = int(round(n * (1 - fraction)))
-    return float(1.0 - (cdf[k - 1] if k > 0 else 0.0))
-
-
-def half_loss_fraction(cdf: torch.Tensor) -> float:
-    """Smallest fraction of (hardest) samples that carries half of the loss."""
-    n = len(cdf)
-    idx = int(torch.searchsorted(cdf, torch.tensor(0.5, dtype=cdf.dtype)))
-    return (n - idx) / n
-
-
-def analyze(pos_logits: torch.Tensor, neg_logits: torch.Tensor,
-            gammas: List[float]) -> Dict[str, dict]:
-    from focal_det.losses import sigmoid_focal_loss
-
-    out = {}
-    grid = torch.linspace(0, 1, 201, dtype=torch.float64)
-    for name, x, t in (("positive", pos_logits, 1.0), ("negative", neg_logits, 0.0)):
-        if len(x) == 0:
-            raise ValueError(f"no {name} samples: too few images or no GT boxes matched")
-        out[name] = {"count": len(x), "gammas": {}}
-        for gamma in gammas:
-            loss = sigmoid_focal_loss(x, torch.full_like(x, t), gamma=gamma, alpha=-1,
-                                      reduction="none")
-            cdf = normalized_cdf(loss)
-            idx = (grid * (len(cdf) - 1)).round().long()
-            out[name]["gammas"][f"{gamma:g}"] = {
-                "fraction_of_samples": grid.tolist(),
-                "cumulative_normalized_loss": cdf[idx].tolist(),
-                "hardest_share": {f"{f:g}": hardest_share(cdf, f) for f in HARDEST},
-                "fraction_carrying_half": half_loss_fraction(cdf),
-            }
-    return out
-
-
-def plot(result: Dict[str, dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, name in zip(axes, ("positive", "negative")):
-        for gamma, curve in result[name]["gammas"].items():
-            ax.plot(curve["fraction_of_samples"], curve["cumulative_normalized_loss"],
-                    label=f"γ = {gamma}")
-        ax.set(title=f"{name} samples (n = {result[name]['count']:,})",
-               xlabel="fraction of samples (easiest to hardest)",
-               ylabel="cumulative normalized loss", xlim=(0, 1), ylim=(0, 1))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def markdown(result: Dict[str, dict]) -> str:
-    lines = ["| samples | γ | " + " | ".join(f"hardest {f:.0%}" for f in HARDEST)
-             + " | hardest fraction with half the loss |", "|" + "---|" * (len(HARDEST) + 3)]
-    for name in ("positive", "negative"):
-        for gamma, c in result[name]["gammas"].items():
-            shares = " | ".join(f"{c['hardest_share'][f'{f:g}']:.1%}" for f in HARDEST)
-            lines.append(f"| {name} | {gamma} | {shares} | {c['fraction_carrying_half']:.2%} |")
-    return "\n".join(lines) + "\n"
+from focal_det.analysis.loss_distribution import analyze, markdown, plot
 
 
 def get_parser():
+    import argparse
+
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True)
+    cli.add_config_args(p)
     p.add_argument("--weights", required=True, help="trained model (.pth or Detectron2 .pkl)")
     p.add_argument("--dataset", default=None, help="dataset name (default: DATASETS.TEST[0])")
-    p.add_argument("--register-coco", nargs=3, action="append",
-                   metavar=("NAME", "JSON", "IMAGE_ROOT"), help="as in train_net.py")
+    cli.add_register_coco(p)
     p.add_argument("--num-images", type=int, default=100)
     p.add_argument("--gammas", type=float, nargs="+", default=[0, 0.5, 1, 2])
     p.add_argument("--max-negatives-per-image", type=int, default=200_000,
                    help="uniform random subset of negatives kept per image (memory bound)")
     p.add_argument("--output", required=True)
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="cfg KEY VALUE ...")
     return p
 
 
-def main(argv=None) -> Dict[str, dict]:
+def main(argv=None):
     args = get_parser().parse_args(argv)
-    import focal_det
-    from focal_det.checkpoint import FocalCheckpointer
-    from focal_det.analysis.samples import collect_logits
-    from focal_det.data import prepare_datasets
     from detectron2.modeling import build_model
 
-    from train_net import register_coco_datasets
+    from focal_det.analysis.samples import collect_logits
+    from focal_det.checkpoint import FocalCheckpointer
+    from focal_det.data import prepare_datasets
 
     if not os.path.isfile(args.weights):
         raise SystemExit(f"--weights {args.weights!r} does not exist")
@@ -145,11 +57,8 @@ def main(argv=None) -> Dict[str, dict]:
         raise SystemExit(f"--gammas must be >= 0, got {args.gammas}")
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be >= 1, got {args.num_images}")
-    register_coco_datasets(args.register_coco)
-    cfg = focal_det.get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cli.register_coco_datasets(args.register_coco)
+    cfg = cli.load_yaml_config(args.config_file, args.opts)
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if dataset is None:
         raise SystemExit("no dataset: pass --dataset or set DATASETS.TEST")
@@ -166,11 +75,9 @@ def main(argv=None) -> Dict[str, dict]:
     title = (f"{os.path.basename(args.weights)} on {dataset} ({counts['images']} images): "
              "cumulative normalized FL by sample hardness")
     plot(result, os.path.join(args.output, "loss_distribution.png"), title)
-    with open(os.path.join(args.output, "loss_distribution.json"), "w") as f:
-        json.dump(result, f)
     table = markdown(result)
-    with open(os.path.join(args.output, "loss_distribution.md"), "w") as f:
-        f.write(f"# Loss distribution: {title}\n\n{table}")
+    cli.write_report(args.output, "loss_distribution", result, f"Loss distribution: {title}",
+                     cli.regenerate_command("tools/loss_distribution.py", argv), table)
     print(table)
     print(f"picture, numbers and table in {args.output}/loss_distribution.{{png,json,md}}")
     return result

@@ -44,3 +44,18 @@ def easy_negative_shares(pos_logits: torch.Tensor, neg_logits: torch.Tensor, gam
         "mean_loss_per_positive": float(lp.mean()) if len(lp) else 0.0,
         "loss_of_easy_negatives_per_positive": float(ln[easy].sum() / max(len(lp), 1)),
     }
+
+
+def markdown(rows) -> str:
+    lines = ["| model | loss | negatives / image | hard negatives (p_t <= 0.5) / image | "
+             "loss share: easy negatives | loss share: all negatives | "
+             "gradient share (L1): easy negatives | gradient share (L2²): easy negatives |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = max(r["images"], 1)
+        hard = (r["negatives"] - r["easy_negatives"]) / n
+        lines.append(f"| {r['model']} | {r['loss']} | {r['negatives'] / n:,.0f} | {hard:,.1f} | "
+                     f"{r['loss_share_easy_negatives']:.1%} | {r['loss_share_all_negatives']:.1%}"
+                     f" | {r['grad_l1_share_easy_negatives']:.1%} | "
+                     f"{r['grad_l2sq_share_easy_negatives']:.1%} |")
+    return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ them out. A foreground anchor is one positive (its GT class) and K - 1 negatives
 anchor is K negatives. Only image sizes and boxes matter, so no image is decoded and no backbone
 runs: :func:`training_targets` applies the training resize to the annotations alone.
 """
+import os
 from typing import Dict, Iterable, Tuple
 
 import numpy as np
@@ -79,3 +80,44 @@ def count_binary_samples(model, targets: Iterable[Tuple[Tuple[int, int], Instanc
     totals["positives_per_image"] = pos / n
     totals["foreground_anchors_per_gt_box"] = pos / max(totals["gt_boxes"], 1)
     return totals
+
+
+# The paper (Section 1): "~100k anchor locations per image", foreground:background "about
+# 1:1000"; 80 classes. Per (anchor, class): ~1000 * 80 negatives per positive.
+PAPER_COCO = {"config": "COCO (the paper's numbers)", "num_classes": 80,
+              "anchors_per_image": 100_000, "background_per_foreground_anchor": 1000,
+              "negatives_per_positive": 1000 * 80}
+
+
+def measure(config_file: str, num_images: int, opts) -> dict:
+    """The counts for ``config_file``'s training data (first ``num_images``; 0: all)."""
+    from detectron2.data import get_detection_dataset_dicts
+    from detectron2.modeling import build_model
+
+    from ..cli import load_yaml_config
+    from ..data import prepare_datasets
+
+    cfg = load_yaml_config(config_file, opts, device="cpu")
+    prepare_datasets(cfg.DATASETS.TRAIN)
+    dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+    if num_images:
+        dicts = dicts[:num_images]
+    model = build_model(cfg).eval()
+    result = count_binary_samples(model, training_targets(cfg, dicts))
+    return {"config": os.path.relpath(os.path.abspath(config_file)),
+            "datasets": list(cfg.DATASETS.TRAIN), **result}
+
+
+def markdown(rows) -> str:
+    lines = ["| data | classes | anchors / image | positives / image | fg anchors / GT box | "
+             "bg : fg anchors | negatives : positives per (anchor, class) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = ", ".join(r.get("datasets", [])) or r["config"]
+        per_image = f"{r['positives_per_image']:.2f}" if "positives_per_image" in r else "n/a"
+        per_box = (f"{r['foreground_anchors_per_gt_box']:.2f}"
+                   if "foreground_anchors_per_gt_box" in r else "n/a")
+        lines.append(f"| {name} | {r['num_classes']} | {r['anchors_per_image']:,.0f} | "
+                     f"{per_image} | {per_box} | {r['background_per_foreground_anchor']:,.0f} : 1 "
+                     f"| **{r['negatives_per_positive']:,.0f} : 1** |")
+    return "\n".join(lines) + "\n"

@@ -46,11 +46,19 @@ def sanitize_boxes(dataset_dicts: List[Dict], dataset_names: Sequence[str]) -> L
 
 
 class FocalDatasetMapper(DatasetMapper):
-    """Detectron2's DatasetMapper; a missing or unreadable image names the file and dataset."""
+    """Detectron2's DatasetMapper; a missing or unreadable image names the file and dataset.
 
-    def __init__(self, cfg, is_train: bool = True, **kwargs):
-        super().__init__(cfg, is_train, **kwargs)
-        self.dataset_names = list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
+    Built from a cfg (``FocalDatasetMapper(cfg, is_train)``) or, as ``DatasetMapper`` in a
+    LazyConfig, from keywords (``dataset_names`` then names the data in messages)."""
+
+    def __init__(self, *args, dataset_names=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg = args[0] if args and not isinstance(args[0], bool) else None
+        if cfg is not None:
+            is_train = args[1] if len(args) > 1 else kwargs.get("is_train", True)
+            dataset_names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
+        self.dataset_names = [dataset_names] if isinstance(dataset_names, str) \
+            else list(dataset_names)
 
     def __call__(self, dataset_dict):
         try:
