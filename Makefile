@@ -38,10 +38,10 @@ env: $(STAMP)
 	$(PY) -m focal_det.collect_env
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_losses.py
+	$(PY) -m benchmarks.bench_losses
 
 bench-model: $(STAMP)
-	$(PY) benchmarks/bench_model.py --repeats 3
+	$(PY) -m benchmarks.bench_model --repeats 3
 
 # The paper's Table 1a/1b + CE without prior + Table 3 on the built-in dataset (docs/REPRODUCTION.md).
 ablate: $(STAMP)

@@ -59,3 +59,17 @@ def peak_extra_bytes(fn: Callable[[], None]) -> int:
     base = reset_peak_rss()
     fn()
     return max(0, peak_rss() - base)
+
+
+def write_result(folder: str, name: str, data) -> str:
+    """``folder/name``: the benchmark's JSON, written whole (``benchmarks/results/`` holds the
+    committed ones)."""
+    import json
+    import os
+
+    from focal_det.utils.files import atomic_write_text
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return path

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 # RetinaNet at 800x1344 (800x1333 padded to 32), strides 8..128, 9 anchors per location:
 # 201,600 anchors per image over P3-P7, the paper's COCO setting.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_LEVELS = [(100, 168), (50, 84), (25, 42), (13, 21), (7, 11)]
 ANCHORS_PER_LOCATION = 9
 
@@ -50,15 +51,17 @@ def detectron2_cls_loss(pred_logits, gt_labels, alpha=0.25, gamma=2.0):
                                   reduction="sum")
 
 
-def focal_det_cls_loss(loss_fn, pred_logits, gt_labels):
-    """FocalRetinaNet.losses, classification part: level by level on views of the logits."""
-    gt_labels = torch.stack(gt_labels)
-    total, start = 0.0, 0
-    for logits in pred_logits:
-        end = start + logits.shape[1]
-        total = total + loss_fn(logits, gt_labels[:, start:end])
-        start = end
-    return total
+def focal_det_model(num_classes: int = 80):
+    """A small FocalRetinaNet (the built-in R18 config, on CPU) whose ``classification_loss``
+    the label-path benchmarks call: the model's own per-level loop, not a copy of it."""
+    from detectron2.modeling import build_model
+
+    from focal_det import cli
+
+    cfg = cli.load_yaml_config(os.path.join(REPO, "configs", "builtin",
+                                            "retinanet_R18_shapes.yaml"),
+                               ["MODEL.RETINANET.NUM_CLASSES", str(num_classes)], device="cpu")
+    return build_model(cfg)
 
 
 @contextlib.contextmanager
@@ -75,8 +78,7 @@ def competing_process():
 def memory_child(name: str, rows: int, classes: int) -> None:
     """Print the peak extra memory of one forward+backward of ``name`` (run in a fresh process:
     logits and labels are made first, then the counter is reset)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _common import peak_extra_bytes
+    from benchmarks._common import peak_extra_bytes
 
     from focal_det.losses import FocalLoss
 
@@ -95,8 +97,9 @@ def memory_child(name: str, rows: int, classes: int) -> None:
 
 
 def memory_in_fresh_process(name: str, rows: int, classes: int) -> dict:
-    out = subprocess.run([sys.executable, os.path.abspath(sys.argv[0]), "--memory-child", name,
-                          str(rows), str(classes)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_losses", "--memory-child",
+                          name, str(rows), str(classes)], capture_output=True, text=True,
+                         cwd=REPO, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"memory child {name} failed:\n{out.stdout}\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])

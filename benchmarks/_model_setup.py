@@ -12,12 +12,10 @@ def build_pair(device, **focal_det_keys):
     and Detectron2's RetinaNet, same R50-FPN weights."""
     from detectron2.modeling import build_model
 
-    import focal_det
+    from focal_det import cli
 
-    cfg = focal_det.get_cfg()
-    cfg.merge_from_file(os.path.join(REPO, "configs", "retinanet_R50_FPN_1x.yaml"))
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.DEVICE = device
+    cfg = cli.load_yaml_config(os.path.join(REPO, "configs", "retinanet_R50_FPN_1x.yaml"),
+                               ["MODEL.WEIGHTS", ""], device=device, freeze=False)
     for key, value in focal_det_keys.items():
         if key in cfg.MODEL.FOCAL_DET:
             cfg.MODEL.FOCAL_DET[key] = value

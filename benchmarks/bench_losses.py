@@ -25,29 +25,28 @@ Further scenarios (see ``_loss_scenarios.py``):
   fresh process (CPU: RSS; CUDA: ``max_memory_allocated``).
 
 Prints JSON; asserts nothing about time.
-Usage: python benchmarks/bench_losses.py [--repeats N] [--device cpu|cuda|all] [--lvis-rows R]
+Usage: python -m benchmarks.bench_losses [--repeats N] [--device cpu|cuda|all] [--lvis-rows R]
+       [--output DIR]   (also writes DIR/bench_losses_<devices>.json)
 """
 import argparse
 import json
-import os
 import platform
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import interleaved, peak_extra_bytes  # noqa: E402
-from _loss_scenarios import (  # noqa: E402
+from benchmarks._common import interleaved, peak_extra_bytes, write_result
+from benchmarks._loss_scenarios import (
+    anchor_labels,
     coco_labels,
     coco_level_logits,
     competing_process,
     detectron2_cls_loss,
-    focal_det_cls_loss,
-    anchor_labels,
+    focal_det_model,
     memory_child,
     memory_in_fresh_process,
 )
+from focal_det import cli
 
 
 def make_inputs(device, images=2, anchors=120_000, classes=80, seed=0):
@@ -159,15 +158,16 @@ def run(device, repeats):
 
 
 def op_counts():
-    """Top-level ops and syncs of the label path at COCO scale, forward + backward."""
-    from focal_det.losses import FocalLoss
+    """Top-level ops and syncs of the label path at COCO scale, forward + backward: the model's
+    own ``classification_loss`` against Detectron2's RetinaNet code."""
     from focal_det.utils.op_count import count_ops
 
     logits = coco_level_logits(images=2, classes=80)
     labels = coco_labels(images=2, classes=80)
-    ours = FocalLoss(gamma=2.0, alpha=0.25)
+    model = focal_det_model(num_classes=80)
+    stacked = torch.stack(labels)
     contenders = {
-        "focal_det": lambda: focal_det_cls_loss(ours, logits, labels).backward(),
+        "focal_det": lambda: model.classification_loss(logits, stacked).backward(),
         "detectron2_retinanet": lambda: detectron2_cls_loss(logits, labels).backward(),
     }
     for fn in contenders.values():  # warm-up (TorchScript's first runs profile and optimize)
@@ -213,6 +213,7 @@ def main():
     parser.add_argument("--lvis-rows", type=int, default=100_000,
                         help="anchors for the K = 1203 memory scenario")
     parser.add_argument("--memory-child", nargs=3, default=None, help=argparse.SUPPRESS)
+    cli.add_output(parser, what="bench_losses_<devices>.json (the JSON also goes to stdout)")
     args = parser.parse_args()
     if args.memory_child:
         name, rows, classes = args.memory_child
@@ -225,7 +226,10 @@ def main():
            "op_counts_coco_label_path": op_counts(),
            "results": [run(d, args.repeats) for d in devices],
            "lvis_k1203_memory": {d: lvis_memory(d, args.lvis_rows) for d in devices}}
+    out["command"] = cli.regenerate_command(["-m", "benchmarks.bench_losses"])
     print(json.dumps(out, indent=2))
+    if args.output:
+        write_result(args.output, f"bench_losses_{'_'.join(devices)}.json", out)
 
 
 if __name__ == "__main__":

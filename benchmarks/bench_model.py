@@ -18,7 +18,8 @@ inference call, ours vs Detectron2 (``op_counts``; ``--only-op-counts`` runs jus
 Prints JSON. Asserts nothing about time; exits non-zero only if the models' losses or
 detections differ.
 
-Usage: python benchmarks/bench_model.py [--repeats 3] [--device cpu|cuda] [--only-op-counts]
+Usage: python -m benchmarks.bench_model [--repeats 3] [--device cpu|cuda] [--only-op-counts]
+       [--output DIR]   (also writes DIR/bench_model_<devices>.json)
 """
 import argparse
 import copy
@@ -27,12 +28,12 @@ import os
 import sys
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import interleaved, peak_extra_bytes  # noqa: E402
-from _model_setup import (  # noqa: E402
+from benchmarks._common import interleaved, peak_extra_bytes, write_result
+from benchmarks._model_setup import (
     SCORE_SCENARIOS,
     build_pair,
     detect,
@@ -40,6 +41,7 @@ from _model_setup import (  # noqa: E402
     set_scores,
     train_step,
 )
+from focal_det import cli
 
 
 def phases(model, batch, sync):
@@ -262,9 +264,9 @@ def memory_in_subprocess(name, cpu_size):
     """(peak RSS growth in bytes, timing of 3 more steps) of ``name`` in a fresh process."""
     import subprocess
 
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-worker", name,
-                          "--cpu-size", *map(str, cpu_size)], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_model", "--memory-worker",
+                          name, "--cpu-size", *map(str, cpu_size)], check=True,
+                         capture_output=True, text=True, cwd=REPO, timeout=3600).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result["peak_extra_bytes"], result["train_step_alone"]
 
@@ -280,18 +282,23 @@ def main():
     parser.add_argument("--only-op-counts", action="store_true",
                         help="only the op and sync counts (no timing)")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    cli.add_output(parser, what="bench_model_<devices>.json (the JSON also goes to stdout)")
     args = parser.parse_args()
     if args.memory_worker:
         return memory_worker(args.memory_worker, tuple(args.cpu_size))
     counts = op_counts()
-    if args.only_op_counts:
-        return print(json.dumps({"torch": torch.__version__, "op_counts": counts}, indent=2))
+    out = {"torch": torch.__version__, "op_counts": counts,
+           "command": cli.regenerate_command(["-m", "benchmarks.bench_model"])}
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
-    results = [run(d, args.repeats, not args.no_torchvision, tuple(args.cpu_size))
-               for d in devices]
-    print(json.dumps({"torch": torch.__version__, "op_counts": counts, "results": results},
-                     indent=2))
+    results = []
+    if not args.only_op_counts:
+        results = out["results"] = [run(d, args.repeats, not args.no_torchvision,
+                                         tuple(args.cpu_size)) for d in devices]
+    print(json.dumps(out, indent=2))
+    if args.output:
+        name = "op_counts" if args.only_op_counts else "_".join(devices)
+        write_result(args.output, f"bench_model_{name}.json", out)
     if not all(v for r in results for k, v in r["parity"].items()
                if k == "losses_match" or k.startswith("detections_match")):
         sys.exit("FocalRetinaNet and Detectron2's RetinaNet disagree (see parity above)")

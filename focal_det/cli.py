@@ -10,7 +10,7 @@ import json
 import os
 import shlex
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 from .data.register import register_coco_datasets
 from .errors import FocalDetError
@@ -100,11 +100,14 @@ def load_config(path: str, opts: Sequence[str] = (), *, device: Optional[str] = 
     return cfg
 
 
-def regenerate_command(script: str, argv: Optional[List[str]] = None) -> str:
-    """The shell line that reruns ``script`` with ``argv`` (default: this process's), each
-    argument quoted so that it pastes back into a shell unchanged."""
+def regenerate_command(script: Union[str, Sequence[str]],
+                       argv: Optional[List[str]] = None) -> str:
+    """The shell line that reruns ``script`` (a path, or e.g. ``["-m", "benchmarks.x"]``) with
+    ``argv`` (default: this process's), each argument quoted so that it pastes back into a
+    shell unchanged."""
     args = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["python", script, *args])
+    program = [script] if isinstance(script, str) else list(script)
+    return shlex.join(["python", *program, *args])
 
 
 def write_report(folder: str, stem: str, data, title: str, command: str, table: str) -> None:

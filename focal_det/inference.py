@@ -17,6 +17,7 @@ class InferenceSpec:
     max_size: int
     input_format: str
     test_dataset: Optional[str]
+    weights_key: str = "MODEL.WEIGHTS"  # where the config names the weights
 
 
 def _lazy_resize(cfg):
@@ -47,7 +48,8 @@ def inference_spec(cfg) -> InferenceSpec:
         build_model=lambda: instantiate(cfg.model).to(cfg.train.device).eval(),
         weights=cfg.train.init_checkpoint, min_size=min_size, max_size=max_size,
         input_format=cfg.dataloader.test.mapper.image_format,
-        test_dataset=names if isinstance(names, str) else (list(names) or [None])[0])
+        test_dataset=names if isinstance(names, str) else (list(names) or [None])[0],
+        weights_key="train.init_checkpoint")
 
 
 def set_score_threshold(cfg, value: float) -> None:

@@ -1,5 +1,9 @@
-"""Helpers shared by the tests: tiny configs built exactly as train_net.py's setup() does."""
+"""Helpers shared by the tests: tiny configs built exactly as train_net.py's setup() does,
+loading a script of tools/ as a module, and running a child process with a timeout."""
+import importlib.util
 import os
+import subprocess
+import sys
 
 import torch
 from detectron2.structures import Boxes, Instances
@@ -46,3 +50,32 @@ def random_batch(num_images=2, num_classes=3, size=(96, 128), boxes_per_image=4,
         inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g)
         batch.append({"image": image, "instances": inst, "height": h, "width": w})
     return batch
+
+
+def load_script(relpath: str):
+    """A script of the repository (e.g. ``tools/ablate.py``) as a module, without putting its
+    folder on sys.path (the scripts import only the library)."""
+    name = "script_" + os.path.splitext(relpath)[0].replace(os.sep, "_").replace("/", "_")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_child(cmd, timeout: float = 600, check: bool = True, **kwargs):
+    """Run ``cmd`` with a hard ``timeout``; its stdout and stderr are captured together and, on
+    a non-zero exit (when ``check``) or a timeout, shown in the assertion message. Returns the
+    CompletedProcess (``.stdout`` holds both streams)."""
+    kwargs.setdefault("cwd", REPO)
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+        raise AssertionError(f"{cmd} did not finish in {timeout} s; its output:\n{out}")
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}; its output:\n{proc.stdout}")
+    return proc

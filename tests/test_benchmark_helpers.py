@@ -1,10 +1,7 @@
 """benchmarks/_common.py: what the benchmarks' timing helper reports."""
 import mmap
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-from _common import interleaved  # noqa: E402
+from benchmarks._common import interleaved
 
 PAGE = mmap.PAGESIZE
 

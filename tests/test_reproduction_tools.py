@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from focal_det.data import ShapesSpec, ensure_generated
-from tests.common import REPO
+from tests.common import REPO, load_script
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import ablate  # noqa: E402
-import loss_distribution  # noqa: E402
+ablate = load_script("tools/ablate.py")
+loss_distribution = load_script("tools/loss_distribution.py")
+from focal_det.analysis import ablation, loss_distribution as ld  # noqa: E402
 
 TINY = ShapesSpec(num_train=8, num_val=4, image_size=64, max_objects=4, min_size=12,
                   max_size=40)
@@ -80,15 +80,15 @@ def test_ablate_records_divergence_and_goes_on(coco, tmp_path):
 def test_ablate_rejects_bad_arguments(coco, tmp_path):
     with pytest.raises(SystemExit, match="not in grid"):
         ablate.main(["--only", "nope", "--output", str(tmp_path)])
-    with pytest.raises(SystemExit, match="not a built-in grid"):
+    with pytest.raises(ValueError, match="not a built-in grid"):
         ablate.main(["--grid", "missing.json", "--output", str(tmp_path)])
 
 
 def test_budget_shrinks_the_schedule():
-    opts = dict(zip(*[iter(ablate.budget_opts(900))] * 2))
+    opts = dict(zip(*[iter(ablation.budget_opts(900))] * 2))
     assert opts["SOLVER.MAX_ITER"] == "900" and opts["SOLVER.STEPS"] == "(600, 800)"
     assert opts["TEST.EVAL_PERIOD"] == "900"
-    assert dict(zip(*[iter(ablate.budget_opts(2))] * 2))["SOLVER.STEPS"] == "(1,)"
+    assert dict(zip(*[iter(ablation.budget_opts(2))] * 2))["SOLVER.STEPS"] == "(1,)"
 
 
 def test_loss_distribution_on_a_trained_model(coco, tmp_path):
@@ -118,15 +118,15 @@ def test_loss_distribution_concentrates_negative_loss_as_gamma_grows():
     g = torch.Generator().manual_seed(0)
     neg = torch.cat([torch.randn(100_000, generator=g) - 6, torch.randn(500, generator=g)])
     pos = torch.randn(2_000, generator=g) + 2
-    result = loss_distribution.analyze(pos, neg, [0, 1, 2, 5])
+    result = ld.analyze(pos, neg, [0, 1, 2, 5])
     top1 = [result["negative"]["gammas"][k]["hardest_share"]["0.01"] for k in "0 1 2 5".split()]
     assert top1 == sorted(top1) and top1[0] < 0.6 and top1[-1] > 0.95
     half = [result["negative"]["gammas"][k]["fraction_carrying_half"] for k in "0 1 2 5".split()]
     assert half == sorted(half, reverse=True)
-    cdf = loss_distribution.normalized_cdf(torch.tensor([1.0, 3.0, 0.0, 4.0]))
+    cdf = ld.normalized_cdf(torch.tensor([1.0, 3.0, 0.0, 4.0]))
     assert torch.allclose(cdf, torch.tensor([0.0, 0.125, 0.5, 1.0], dtype=torch.float64))
-    assert loss_distribution.hardest_share(cdf, 0.25) == pytest.approx(0.5)
-    assert loss_distribution.half_loss_fraction(cdf) == pytest.approx(0.5)
+    assert ld.hardest_share(cdf, 0.25) == pytest.approx(0.5)
+    assert ld.half_loss_fraction(cdf) == pytest.approx(0.5)
 
 
 def test_register_coco_errors_name_the_flag_and_file(coco, tmp_path):

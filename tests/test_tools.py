@@ -7,12 +7,11 @@ import sys
 import pytest
 import torch
 
-from tests.common import REPO
+from tests.common import REPO, load_script
 
 
 def test_plot_losses_writes_the_three_figures(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    import plot_losses
+    plot_losses = load_script("tools/plot_losses.py")
 
     plot_losses.main(["--output", str(tmp_path)])
     names = {"figure1_focal_loss.png", "appendix_a_fl_star.png", "appendix_b_derivatives.png"}

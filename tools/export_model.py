@@ -111,8 +111,7 @@ def get_parser():
 def load_model(cfg):
     spec = inference_spec(cfg)
     if not spec.weights:
-        raise FocalDetError("MODEL.WEIGHTS (train.init_checkpoint in a .py config) is empty: "
-                            "give the trained weights to export")
+        raise FocalDetError(f"{spec.weights_key} is empty: give the trained weights to export")
     model = spec.build_model()
     FocalCheckpointer(model, require_same_classes=True).load(spec.weights)
     return model

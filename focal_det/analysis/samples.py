@@ -31,12 +31,7 @@ def collect_logits(cfg, model, dataset_name: str, num_images: int,
     model.train(batch_norm_stats)
     with torch.no_grad():
         for batch in loader:
-            images = model.preprocess_image(batch)
-            features = model.backbone(images.tensor)
-            features = [features[f] for f in model.head_in_features]
-            logits, _ = model._transpose_dense_predictions(model.head(features),
-                                                           [model.num_classes, 4])
-            anchors = model.anchor_generator(features)
+            anchors, logits, _ = model.dense_outputs(model.preprocess_image(batch))
             gt = [b["instances"].to(model.device) for b in batch]
             labels, _ = model.label_anchors(anchors, gt)
             logits = torch.cat(logits, dim=1)  # (N, R, K)

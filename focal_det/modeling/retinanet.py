@@ -172,13 +172,7 @@ class FocalRetinaNet(RetinaNet):
         get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
         normalizer = self._normalizer(num_pos_anchors)
 
-        # Level by level: the logits stay views of the class conv's outputs (no concatenated
-        # copy in forward, and gradients land in the conv's own layout in backward).
-        loss_cls, start = 0.0, 0
-        for logits in pred_logits:
-            end = start + logits.shape[1]
-            loss_cls = loss_cls + self.cls_loss(logits, gt_labels[:, start:end])
-            start = end
+        loss_cls = self.classification_loss(pred_logits, gt_labels)
         loss_box_reg = _dense_box_regression_loss(
             anchors,
             self.box2box_transform,
@@ -189,6 +183,31 @@ class FocalRetinaNet(RetinaNet):
             smooth_l1_beta=self.smooth_l1_beta,
         )
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+    def classification_loss(self, pred_logits: List[Tensor], gt_labels: Tensor) -> Tensor:
+        """The classification loss summed over all non-ignored anchors (not normalized).
+
+        ``pred_logits``: per level, (N, Hi*Wi*A, K); ``gt_labels`` (N, R) as from
+        :meth:`label_anchors` (stacked). Level by level: the logits stay views of the class
+        conv's outputs (no concatenated copy in forward; gradients land in the conv's own
+        layout in backward)."""
+        loss_cls, start = 0.0, 0
+        for logits in pred_logits:
+            end = start + logits.shape[1]
+            loss_cls = loss_cls + self.cls_loss(logits, gt_labels[:, start:end])
+            start = end
+        return loss_cls
+
+    def dense_outputs(self, images: ImageList):
+        """The network's dense outputs for preprocessed ``images``: anchors (list of Boxes, one
+        per level), and per level the class logits (N, Hi*Wi*A, K) and box deltas
+        (N, Hi*Wi*A, 4), as ``forward`` computes them before the loss or the decoding."""
+        features = self.backbone(images.tensor)
+        features = [features[f] for f in self.head_in_features]
+        anchors = self.anchor_generator(features)
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            self.head(features), [self.num_classes, 4])
+        return anchors, pred_logits, pred_anchor_deltas
 
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
