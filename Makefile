@@ -9,7 +9,7 @@ DEMO_OUT ?= output/demo
 # .venv: make clean-venv test DETECTRON2_SOURCE=/path/to/detectron2
 export DETECTRON2_SOURCE
 
-.PHONY: demo test test-slow env bench bench-model plots ablate ablate-letters imbalance \
+.PHONY: demo test test-slow test-fast gpu-check env bench bench-model plots ablate ablate-letters imbalance \
 	easy-negatives loss-distribution clean-venv
 
 # Re-installs only when the pins, the Detectron2 installer, setup.py or the C++ loss change.
@@ -33,6 +33,13 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# On a CUDA machine: CUDA tests, 100 AMP iterations, CUDA benchmarks -> benchmarks/results/.
+gpu-check: $(STAMP)
+	PYTHON=$(PY) bash tools/gpu_check.sh
 
 env: $(STAMP)
 	$(PY) -m focal_det.collect_env

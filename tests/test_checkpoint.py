@@ -3,6 +3,7 @@ import os
 import pickle
 import signal
 import subprocess
+import threading
 import sys
 import time
 
@@ -95,11 +96,17 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_leaves_a_loadable_last_checkpoint(tmp_path):
     script = SAVER.format(repo=REPO, out=str(tmp_path))
     for delay in (0.0, 0.05, 0.13, 0.31):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
-        assert proc.stdout.readline()  # at least one checkpoint is complete
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        timer = threading.Timer(300, proc.kill)  # a hung child cannot hang the suite
+        timer.start()
+        first = proc.stdout.readline()
+        timer.cancel()
+        assert first.strip().isdigit(), f"the saver failed:\n{first}{proc.stdout.read()}"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 
 from tests.common import CONFIGS
 
+pytestmark = pytest.mark.slow  # subprocesses / training runs (make test-slow)
+
 ITERS = 3
 
 

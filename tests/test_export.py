@@ -16,7 +16,9 @@ from detectron2.modeling import build_model
 
 import focal_det
 from focal_det.data import ShapesSpec, ensure_generated
-from tests.common import CONFIGS, REPO
+from tests.common import CONFIGS, REPO, run_child
+
+pytestmark = pytest.mark.slow  # subprocesses / training runs (make test-slow)
 
 CONFIG = os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml")
 TINY = ShapesSpec(num_train=2, num_val=2, image_size=64, max_objects=3, min_size=12, max_size=40)
@@ -51,8 +53,7 @@ def _export(fmt, weights, out, loss, method="tracing"):
     cmd = [sys.executable, "tools/export_model.py", "--config-file", CONFIG, "--format", fmt,
            "--export-method", method, "--output", str(out), "MODEL.WEIGHTS", weights,
            *LOSSES[loss]]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_child(cmd, timeout=600)
 
 
 def _runtime(fmt, out, method):
@@ -104,9 +105,7 @@ def test_runner_script_prints_detections(fmt, method, images, tmp_path):
     _, weights = _model_and_weights(tmp_path, "fl")
     out = tmp_path / "exported"
     _export(fmt, weights, out, "fl", method)
-    proc = subprocess.run([sys.executable, str(out / "run_model.py"), images[1]],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_child([sys.executable, str(out / "run_model.py"), images[1]], timeout=300)
     assert "detections" in proc.stdout and "[" in proc.stdout, proc.stdout
 
 

@@ -3,7 +3,6 @@ imbalance count (checked against the training loss's own foreground count), the 
 shares (checked against hand-computed values) and ablate's AP-against-iterations curves."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from focal_det.analysis.easy_negatives import easy_negative_shares
 from focal_det.analysis.imbalance import _feature_shapes, count_binary_samples, training_targets
 from focal_det.data import LETTER_CLASSES, LettersSpec, ShapesSpec, ensure_generated
 from focal_det.data.letters import _glyph
-from tests.common import CONFIGS, REPO, load_script
+from tests.common import CONFIGS, load_script
 
 ablate = load_script("tools/ablate.py")
 easy_negatives = load_script("tools/easy_negatives.py")
@@ -182,6 +181,7 @@ def test_letters_grid_is_the_issue_grid():
                      "fl_g2_a0.25", "fl_g5_a0.25", "ce_noprior", "flstar_g2_b1", "flstar_g4_b0"]
 
 
+@pytest.mark.slow
 def test_ablate_evaluates_at_several_points_and_plots_curves(letters, tmp_path):
     coco = ["--register-coco", "tl_train", os.path.join(letters, "train.json"), letters,
             "--register-coco", "tl_val", os.path.join(letters, "val.json"), letters,

@@ -117,6 +117,7 @@ def _train_net(*argv, env=None):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_paper_config_without_coco_or_cuda_says_so_without_traceback(tmp_path):
     config = os.path.join(CONFIGS, "retinanet_R50_FPN_1x.yaml")
     env = {"DETECTRON2_DATASETS": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}

@@ -3,7 +3,6 @@ made here: every run goes through train_net.py, the table, JSON and pictures are
 finished runs are not repeated, a NaN run is recorded as diverged."""
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -30,6 +29,7 @@ def coco(tmp_path_factory):
             "--train", "tiny_train", "--test", "tiny_val"]
 
 
+@pytest.mark.slow
 def test_ablate_runs_grid_writes_table_and_does_not_repeat(coco, tmp_path):
     out = tmp_path / "abl"
     argv = [*coco, "--grid", "paper", "--only", "fl_g2_a0.25", "ce_noprior",
@@ -59,6 +59,7 @@ def test_ablate_runs_grid_writes_table_and_does_not_repeat(coco, tmp_path):
     assert (run / "run.log").stat().st_size == log_size
 
 
+@pytest.mark.slow
 def test_ablate_records_divergence_and_goes_on(coco, tmp_path):
     out = tmp_path / "div"
     grid = tmp_path / "grid.json"
@@ -91,6 +92,7 @@ def test_budget_shrinks_the_schedule():
     assert dict(zip(*[iter(ablation.budget_opts(2))] * 2))["SOLVER.STEPS"] == "(1,)"
 
 
+@pytest.mark.slow
 def test_loss_distribution_on_a_trained_model(coco, tmp_path):
     out = tmp_path / "abl"
     ablate.main([*coco, "--only", "fl_g2_a0.25", "--iters", "2", "--seeds", "0",

@@ -7,15 +7,18 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
-from tests.common import CONFIGS, REPO
+from tests.common import CONFIGS, REPO, run_child
 
 RUNNER = r"""
 import os, sys
 from detectron2.data.datasets import register_coco_instances
 from focal_det import engine
 from focal_det.data import ShapesSpec, ensure_generated
+
+pytestmark = pytest.mark.slow  # subprocesses / training runs (make test-slow)
 spec = ShapesSpec(num_train=12, num_val=2, image_size=64, max_objects=4, min_size=12, max_size=40)
 folder = ensure_generated(spec, root={data!r})
 register_coco_instances("resume_train", {{}}, os.path.join(folder, "train.json"), folder)
@@ -41,9 +44,8 @@ def _command(tmp_path, out, resume):
 
 
 def _run(cmd):
-    """Run a child to completion; on failure, the assertion shows its output."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stdout[-8000:]}"
+    """Run a child to completion (hard timeout); on failure, the assertion shows its output."""
+    run_child(cmd, timeout=900)
 
 
 def _run_until_killed(cmd, out, checkpoints_seen, extra_delay):

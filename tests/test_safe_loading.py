@@ -107,6 +107,7 @@ ENTRIES = ["train", "resume", "eval_only", "demo", "loss_distribution", "easy_ne
            "export", "export_scripting", "predictor"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["pkl", "pth"])
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_crafted_checkpoint_runs_nothing_at_any_entry_point(entry, suffix, data, tmp_path):
@@ -122,6 +123,7 @@ def test_crafted_checkpoint_runs_nothing_at_any_entry_point(entry, suffix, data,
     assert os.path.basename(weights) in output, output
 
 
+@pytest.mark.slow
 def test_legitimate_pth_and_pkl_load_in_predictor(tmp_path):
     import focal_det
     from detectron2.modeling import build_model

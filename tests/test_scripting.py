@@ -75,6 +75,7 @@ def test_scripted_builtin_model_equals_eager(opts):
     _assert_scripted_equals_eager(model, script_model(model), _inputs())
 
 
+@pytest.mark.slow
 def test_scripted_model_without_folding_matches_eager():
     model = _model(opts=["MODEL.FOCAL_DET.FOLD_NORMS", "False"])
     _assert_scripted_equals_eager(model, script_model(model), _inputs(), exact=False)

@@ -59,6 +59,7 @@ def test_generated_dataset_is_deterministic_and_complete(tiny_dataset, tmp_path)
         ShapesSpec(image_size=64, max_size=72)
 
 
+@pytest.mark.slow
 def test_train_evaluate_render_resume_and_eval_only(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     engine.main(_args(out, "--vis-images", "2"))
@@ -105,6 +106,7 @@ def test_pictures_have_captions_and_labelled_axes(tiny_dataset, tmp_path):
         assert (part < 128).any()
 
 
+@pytest.mark.slow
 def test_keep_checkpoints_keeps_the_newest_periodic_and_the_final(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     engine.main(_args(out, "--vis-images", "-1", "--keep-checkpoints", "1",
@@ -113,6 +115,7 @@ def test_keep_checkpoints_keeps_the_newest_periodic_and_the_final(tiny_dataset, 
                                                                "model_final.pth"]
 
 
+@pytest.mark.slow
 def test_builtin_config_has_a_fixed_seed_and_two_runs_agree(tiny_dataset, tmp_path):
     builtin = focal_det.get_cfg()
     builtin.merge_from_file(os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"))
@@ -126,6 +129,7 @@ def test_builtin_config_has_a_fixed_seed_and_two_runs_agree(tiny_dataset, tmp_pa
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
 
 
+@pytest.mark.slow
 def test_demo_draws_images_and_video(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     engine.main(_args(out, "--vis-images", "-1", opts=["SOLVER.MAX_ITER", "2"]))
@@ -207,6 +211,7 @@ def _generate(root):
     return ensure_generated(spec, root=root)
 
 
+@pytest.mark.slow
 def test_concurrent_generation_is_safe(tmp_path):
     import multiprocessing as mp
 
