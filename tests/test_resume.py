@@ -12,13 +12,13 @@ import torch
 
 from tests.common import CONFIGS, REPO, run_child
 
+pytestmark = pytest.mark.slow  # subprocesses / training runs (make test-slow)
+
 RUNNER = r"""
 import os, sys
 from detectron2.data.datasets import register_coco_instances
 from focal_det import engine
 from focal_det.data import ShapesSpec, ensure_generated
-
-pytestmark = pytest.mark.slow  # subprocesses / training runs (make test-slow)
 spec = ShapesSpec(num_train=12, num_val=2, image_size=64, max_objects=4, min_size=12, max_size=40)
 folder = ensure_generated(spec, root={data!r})
 register_coco_instances("resume_train", {{}}, os.path.join(folder, "train.json"), folder)
