@@ -71,9 +71,18 @@ def load_yaml_config(path: str, opts: Sequence[str] = (), *, device: Optional[st
     from .config import get_cfg
 
     _check_file(path)
+    opts = list(opts)
+    if len(opts) % 2:
+        flags = [o for o in opts if o.startswith("--")]
+        hint = f" ({flags[0]!r} is a flag: put flags before the overrides)" if flags else ""
+        raise ConfigFileError(f"overrides must be KEY VALUE pairs; got {len(opts)} words, the "
+                              f"last {opts[-1]!r} has no value{hint}")
     cfg = get_cfg()
     cfg.merge_from_file(path)
-    cfg.merge_from_list(list(opts))
+    try:
+        cfg.merge_from_list(opts)
+    except KeyError as e:  # yacs: "Non-existent config key: X"
+        raise ConfigFileError(f"override {e.args[0] if e.args else e}") from None
     if device is not None:
         cfg.MODEL.DEVICE = device
     if freeze:

@@ -15,6 +15,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 
 from ..checkpoint import FocalCheckpointer
 from ..utils.ddp import cpu_ddp_support
+from . import preemption
 
 logger = logging.getLogger("focal_det")
 
@@ -45,7 +46,9 @@ def build_model(cfg):
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
-    ret = inference_on_dataset(model, instantiate(cfg.dataloader.test),
+    if preemption.requested():
+        raise preemption.Preempted()
+    ret = inference_on_dataset(model, preemption.StopOnSignal(instantiate(cfg.dataloader.test)),
                                instantiate(cfg.dataloader.evaluator))
     print_csv_format(ret)
     return ret
@@ -76,7 +79,9 @@ def do_train(cfg, args):
         results.update(do_test(cfg, model))
         return results
 
+    stop = preemption.PreemptionHook()
     trainer.register_hooks([
+        stop.marker,
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
@@ -85,10 +90,14 @@ def do_train(cfg, args):
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,
+        stop,
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except preemption.Preempted:
+        preemption.save_and_exit(checkpointer, cfg.train.output_dir, start_iter, stop)
     return dict(results)  # the last evaluation's (EvalHook evaluates after the last iteration)
 
 

@@ -2,15 +2,17 @@
 
 A ``.yaml`` config trains with :class:`focal_det.engine.Trainer`; a LazyConfig ``.py`` config
 with :mod:`focal_det.engine.lazy`. Both take Detectron2's command line (``--num-gpus``,
-``--resume``, ``--eval-only``, ...) plus ``--vis-images``, ``--keep-checkpoints`` and
-``--register-coco``.
+``--resume``, ``--eval-only``, ...) plus ``--vis-images``, ``--keep-checkpoints``,
+``--register-coco``, ``--dist-timeout`` and ``--preempt-signals``. Processes are started by
+:mod:`focal_det.engine.launcher` (or by torchrun / srun); signals by
+:mod:`focal_det.engine.preemption`.
 """
 import logging
 import os
 import sys
 
 import detectron2.utils.comm as comm
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
@@ -19,7 +21,7 @@ from ..checkpoint import FocalCheckpointer
 from ..data import prepare_datasets
 from ..errors import FocalDetError
 from ..preflight import check_datasets, check_device
-from . import lazy
+from . import launcher, lazy, preemption
 from .trainer import Trainer
 
 logger = logging.getLogger("focal_det")
@@ -34,6 +36,12 @@ def get_parser():
                         help="keep only the N most recent periodic checkpoints besides "
                              "model_final (default 0: all, as Detectron2)")
     cli.add_register_coco(parser)
+    parser.add_argument("--dist-timeout", type=float, default=600, metavar="SECONDS",
+                        help="process group timeout (default 600; Detectron2's is 1800)")
+    parser.add_argument("--preempt-signals", nargs="*", default=list(preemption.DEFAULT_SIGNALS),
+                        metavar="SIG", help="signals that stop training with a checkpoint and "
+                        f"exit code {preemption.EXIT_PREEMPTED} (default SIGTERM SIGUSR1; "
+                        "none: no handling)")
     return parser
 
 
@@ -54,8 +62,10 @@ def preflight(args) -> None:
         device = cfg.MODEL.DEVICE
         names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
     check_device(device, args.num_gpus)
+    preemption.signal_names(args.preempt_signals)
     prepare_datasets(names)
     check_datasets(names)
+    return device
 
 
 def setup(args):
@@ -84,7 +94,19 @@ def render(cfg, model, num_images, curves: bool = True):
 
 
 def main(args):
-    """One process's work (``launch`` runs it in every process)."""
+    """One process's work (``launch`` runs it in every process). Signals (``--preempt-signals``)
+    end training with a checkpoint and evaluation promptly, with exit code 75."""
+    with preemption.handling(args.preempt_signals):
+        preemption.attach_store()
+        try:
+            return _main(args)
+        except preemption.Preempted:  # --eval-only (training handles it in Trainer.train)
+            logger.warning(f"Stopped by {preemption.STATE.signal_name} during evaluation; "
+                           f"exiting with code {preemption.EXIT_PREEMPTED}")
+            raise SystemExit(preemption.EXIT_PREEMPTED)
+
+
+def _main(args):
     cfg = setup(args)
     if cli.is_lazy_config(args.config_file):
         return lazy.main(cfg, args)
@@ -114,8 +136,7 @@ def run_command(argv=None, prog: str = "train_net.py"):
     args = get_parser().parse_args(argv)
     print("Command Line Args:", args)
     try:
-        preflight(args)
-        launch(main, args.num_gpus, num_machines=args.num_machines,
-               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+        device = preflight(args)
+        launcher.launch(main, args, device)
     except FocalDetError as e:
         sys.exit(f"{prog}: {e}")

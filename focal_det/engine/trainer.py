@@ -24,6 +24,7 @@ from ..data.checks import FocalDatasetMapper, sanitize_boxes
 from ..data.resumable import PositionalDataset, PositionalSampler, SeededMapper
 from ..evaluation import FocalCOCOEvaluator
 from ..utils.ddp import cpu_ddp_support
+from . import preemption
 
 # Where checkpoints written before this module existed kept the RNG and EMA state.
 _LEGACY_HOOK_SUFFIX = "ResumeStateHook"
@@ -52,7 +53,24 @@ class Trainer(DefaultTrainer):
         for h in ret:
             if isinstance(h, hooks.PeriodicCheckpointer) and self.keep_checkpoints > 0:
                 h.max_to_keep = self.keep_checkpoints
-        return ret
+        # Last: it sees the iteration after every other hook (checkpoint, writers) is done.
+        self.preemption_hook = preemption.PreemptionHook()
+        return [self.preemption_hook.marker] + ret + [self.preemption_hook]
+
+    def train(self):
+        """Detectron2's training loop; a signal (focal_det.engine.preemption) ends it with a
+        checkpoint of the last complete iteration and exit code 75."""
+        try:
+            return super().train()
+        except preemption.Preempted:
+            preemption.save_and_exit(self.checkpointer, self.cfg.OUTPUT_DIR, self.start_iter,
+                                     getattr(self, "preemption_hook", None))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        if preemption.requested():  # e.g. the final evaluation after a signal
+            raise preemption.Preempted()
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_train_loader(cls, cfg, start_position: int = 0):
@@ -114,8 +132,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name,
-                                           mapper=FocalDatasetMapper(cfg, False))
+        return preemption.StopOnSignal(build_detection_test_loader(
+            cfg, dataset_name, mapper=FocalDatasetMapper(cfg, False)))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
