@@ -95,13 +95,28 @@ def _local_group(local_world_size: int) -> None:
             comm._LOCAL_PROCESS_GROUP = group
 
 
+def _elastic_store(rank: int, world_size: int, timeout: timedelta):
+    """torchrun's store, with a prefix per restart: the agent's store outlives a restart, and
+    the new workers must not read the old ones' addresses (gloo then fails to connect)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent and rank == 0, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"focal_det/attempt_{attempt}/", store)
+
+
 def _join(init_method: str, rank: int, world_size: int, local_rank: int,
           local_world_size: int, device: str, timeout_s: float) -> None:
     backend = _backend(device)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend, init_method=init_method, world_size=world_size,
-                            rank=rank, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    if init_method == "env://":
+        dist.init_process_group(backend=backend, store=_elastic_store(rank, world_size, timeout),
+                                world_size=world_size, rank=rank, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, init_method=init_method,
+                                world_size=world_size, rank=rank, timeout=timeout)
     _local_group(local_world_size)
     watchdog.start(timeout_s=min(timeout_s, watchdog.peer_timeout()))
     comm.synchronize()
