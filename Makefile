@@ -9,7 +9,7 @@ DEMO_OUT ?= output/demo
 # .venv: make clean-venv test DETECTRON2_SOURCE=/path/to/detectron2
 export DETECTRON2_SOURCE
 
-.PHONY: demo test test-slow test-fast gpu-check env bench bench-model plots ablate ablate-letters imbalance \
+.PHONY: demo test test-slow test-fast gpu-check env bench bench-model bench-scales plots ablate ablate-letters imbalance \
 	easy-negatives loss-distribution clean-venv
 
 # Re-installs only when the pins, the Detectron2 installer, setup.py or the C++ loss change.
@@ -46,6 +46,10 @@ env: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_losses
+
+# The paper's Table 1e speed measure (R-50/R-101 at 400-800 px), ours vs Detectron2.
+bench-scales: $(STAMP)
+	$(PY) -m benchmarks.bench_scales --repeats 3 --output benchmarks/results
 
 bench-model: $(STAMP)
 	$(PY) -m benchmarks.bench_model --repeats 3

@@ -7,14 +7,14 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_pair(device, **focal_det_keys):
+def build_pair(device, config="configs/retinanet_R50_FPN_1x.yaml", **focal_det_keys):
     """FocalRetinaNet (with ``MODEL.FOCAL_DET.<key>=value`` where this version has the key)
-    and Detectron2's RetinaNet, same R50-FPN weights."""
+    and Detectron2's RetinaNet, same weights (R50-FPN unless ``config`` says otherwise)."""
     from detectron2.modeling import build_model
 
     from focal_det import cli
 
-    cfg = cli.load_yaml_config(os.path.join(REPO, "configs", "retinanet_R50_FPN_1x.yaml"),
+    cfg = cli.load_yaml_config(os.path.join(REPO, config),
                                ["MODEL.WEIGHTS", ""], device=device, freeze=False)
     for key, value in focal_det_keys.items():
         if key in cfg.MODEL.FOCAL_DET:

@@ -31,6 +31,10 @@ def add_focal_det_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL_DET.CLS_LOSS.GAMMA = 2.0
     # Weight of positives, alpha in [0, 1]; negatives get 1 - alpha. Negative: no weighting.
     _C.MODEL.FOCAL_DET.CLS_LOSS.ALPHA = 0.25
+    # Alpha per class: K values in [0, 1] (positives of class k weigh ALPHA_PER_CLASS[k], its
+    # negatives 1 - ALPHA_PER_CLASS[k], as mmcv's per-class weight); empty: ALPHA for all.
+    # A separate key because a yacs key keeps its type (ALPHA is one float).
+    _C.MODEL.FOCAL_DET.CLS_LOSS.ALPHA_PER_CLASS = []
     # FL* shift beta (paper, Appendix A): p*_t = sigmoid(gamma * x_t + beta). Used by FL* only.
     _C.MODEL.FOCAL_DET.CLS_LOSS.BETA = 1.0
 

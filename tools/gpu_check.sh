@@ -3,7 +3,7 @@
 #   1. the CUDA-only tests (tests/test_cuda.py: compiled Triton loss vs float64, model on CUDA vs
 #      CPU, AMP step), with TRITON_INTERPRET=0 so the kernel is really compiled;
 #   2. 100 iterations of AMP training on the built-in config, then its COCO evaluation;
-#   3. bench_losses and bench_model on CUDA;
+#   3. bench_losses, bench_model and bench_scales (Table 1e speed) on CUDA;
 # writing JSON to benchmarks/results/ (gpu_check_*.json, bench_*_cuda.json) and logs to
 # output/gpu_check/. Without CUDA it says so and exits 2. PYTHON selects the interpreter.
 set -uo pipefail
@@ -31,16 +31,17 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run with a hard limit, log, remember
     >> "$out/steps.jsonl"
 }
 rm -f "$out/steps.jsonl"
-step cuda_tests 120 env TRITON_INTERPRET=0 "$py" -m pytest -q -m cuda tests/test_cuda.py -rs
-step amp_train 180 "$py" train_net.py --config-file configs/builtin/retinanet_R18_shapes.yaml \
+step cuda_tests 100 env TRITON_INTERPRET=0 "$py" -m pytest -q -m cuda tests/test_cuda.py -rs
+step amp_train 170 "$py" train_net.py --config-file configs/builtin/retinanet_R18_shapes.yaml \
   --vis-images -1 MODEL.DEVICE cuda SOLVER.AMP.ENABLED True SOLVER.MAX_ITER 100 \
   SOLVER.STEPS "(80,)" SOLVER.WARMUP_ITERS 20 SOLVER.CHECKPOINT_PERIOD 100 TEST.EVAL_PERIOD 0 \
   OUTPUT_DIR "$out/amp_train"
 cp "$out/amp_train/metrics.json" "$results/gpu_check_amp_train_metrics.json" 2>/dev/null
-step bench_losses 100 "$py" -m benchmarks.bench_losses --device cuda --repeats 5 \
+step bench_losses 90 "$py" -m benchmarks.bench_losses --device cuda --repeats 5 \
   --output "$results"
-step bench_model 170 "$py" -m benchmarks.bench_model --device cuda --repeats 3 \
+step bench_model 150 "$py" -m benchmarks.bench_model --device cuda --repeats 3 \
   --no-torchvision --output "$results"
+step bench_scales 80 "$py" -m benchmarks.bench_scales --device cuda --repeats 5 --output "$results"
 cp "$out/steps.jsonl" "$results/gpu_check_steps.jsonl"
 echo "gpu-check: $([ $status -eq 0 ] && echo all steps passed || echo some steps FAILED); logs in $out"
 exit $status

@@ -48,8 +48,9 @@ logger = logging.getLogger(__name__)
 
 def _kernel(backend, x2d, labels, targets, spec, code, scale, need_grad):
     fn = torch.ops.focal_det.sigmoid_loss if backend == "native" else triton_loss.sigmoid_loss
+    class_alpha = spec.alpha_for(x2d.shape[1], x2d.device, compute_dtype(x2d.dtype))
     loss, grad = fn(x2d, labels, targets, spec.star, spec.gamma, spec.alpha, spec.beta, code,
-                    scale, need_grad)
+                    scale, need_grad, class_alpha)
     return loss, (grad if need_grad else None)
 
 

@@ -4,7 +4,7 @@ code; the definition the fused kernels (``native``, ``triton``) are tested again
 
 Shape legend and notation: see ``focal_det.losses.functional``.
 """
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +19,19 @@ CHUNK_ELEMENTS = 1 << 16
 Kernel = Callable[[Tensor, Tensor, bool], Tuple[Tensor, Optional[Tensor]]]
 
 
-def _alpha_t(t: Tensor, alpha: float) -> Tensor:
+Alpha = Union[float, Tensor]  # one alpha, or (K,) per class (broadcast over the last dim)
+
+
+def _weighted(alpha: Alpha) -> bool:
+    return isinstance(alpha, Tensor) or alpha >= 0
+
+
+def _alpha_t(t: Tensor, alpha: Alpha) -> Tensor:
     # alpha for positives, 1 - alpha for negatives, linear in soft targets (as torchvision).
     return t * (2.0 * alpha - 1.0) + (1.0 - alpha)
 
 
-def focal_kernel(gamma: float, alpha: float) -> Kernel:
+def focal_kernel(gamma: float, alpha: Alpha) -> Kernel:
     """Per-element FL and its gradient for (soft) targets t in [0, 1]."""
 
     def kernel(x: Tensor, t: Tensor, need_grad: bool):
@@ -32,7 +39,7 @@ def focal_kernel(gamma: float, alpha: float) -> Kernel:
         log_1mp = F.logsigmoid(-x)  # log(1 - p), exact where p ~ 1
         p, one_m_p = log_p.exp(), log_1mp.exp()
         one_m_t = 1.0 - t
-        ce = -(t * log_p).add_(one_m_t * log_1mp)  # BCE(x, t)
+        ce = (one_m_t * x).sub_(log_p)  # BCE(x, t), computed as torch computes it
         q = (t * one_m_p).add_(one_m_t * p)  # 1 - p_t, without cancellation
         if gamma == 0:
             mod = None
@@ -43,7 +50,7 @@ def focal_kernel(gamma: float, alpha: float) -> Kernel:
         else:
             mod = q.pow(gamma)
         loss = ce if mod is None else ce * mod
-        a_t = _alpha_t(t, alpha) if alpha >= 0 else None
+        a_t = _alpha_t(t, alpha) if _weighted(alpha) else None
         if a_t is not None:
             loss = loss.mul_(a_t) if loss is not ce else loss * a_t
         if not need_grad:
@@ -61,7 +68,7 @@ def focal_kernel(gamma: float, alpha: float) -> Kernel:
     return kernel
 
 
-def binary_focal_kernel(gamma: float, alpha: float) -> Kernel:
+def binary_focal_kernel(gamma: float, alpha: Alpha) -> Kernel:
     """FL and its gradient for binary targets t in {0, 1} (bool or float); elementwise.
 
     Also carries ``sum_into``, the fused form used for "sum"/"mean": it never materializes the
@@ -69,14 +76,20 @@ def binary_focal_kernel(gamma: float, alpha: float) -> Kernel:
     """
 
     def terms(x: Tensor, pos: Tensor):
-        # With x_n = -x_t: -log p_t = softplus(x_n) and 1 - p_t = sigmoid(x_n), both exact.
+        # -log p_t as torch's BCE computes it: -log_sigmoid(x) for positives, x - log_sigmoid(x)
+        # for negatives; with x_n = -x_t, 1 - p_t = sigmoid(x_n), exact.
         x_n = torch.where(pos, x.neg(), x)
-        ce = F.softplus(x_n)
+        log_sig = F.logsigmoid(x)
+        ce = torch.where(pos, log_sig.neg(), x - log_sig)
         q = torch.sigmoid(x_n)
         mod = None if gamma == 0 else (q if gamma == 1 else (q * q if gamma == 2 else q.pow(gamma)))
         return ce, q, mod
 
     def alphas(x: Tensor, weight: Optional[Tensor]):
+        if isinstance(alpha, Tensor):  # per class: (K,), broadcast over rows
+            a_pos = alpha.to(x.dtype)
+            return (a_pos, 1.0 - a_pos) if weight is None else (weight * a_pos,
+                                                                  weight * (1.0 - a_pos))
         a_pos, a_neg = (alpha, 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
         if weight is None:
             return (torch.tensor(a_pos, dtype=x.dtype, device=x.device),
@@ -127,19 +140,19 @@ def with_binary_fast_path(binary: Kernel, general: Kernel) -> Kernel:
     return kernel
 
 
-def focal_loss_kernel(gamma: float, alpha: float) -> Kernel:
+def focal_loss_kernel(gamma: float, alpha: Alpha) -> Kernel:
     """FL kernel for float targets: the binary fast path where targets are 0/1."""
     return with_binary_fast_path(binary_focal_kernel(gamma, alpha), focal_kernel(gamma, alpha))
 
 
-def focal_star_kernel(gamma: float, beta: float, alpha: float) -> Kernel:
+def focal_star_kernel(gamma: float, beta: float, alpha: Alpha) -> Kernel:
     """Per-element FL* and its gradient for (soft) targets t in [0, 1]."""
 
     def kernel(x: Tensor, t: Tensor, need_grad: bool):
         y = 2.0 * t - 1.0
         z = (x * y).mul_(gamma).add_(beta)  # gamma * x_t + beta
         loss = F.logsigmoid(z).div_(-gamma)
-        a_t = _alpha_t(t, alpha) if alpha >= 0 else None
+        a_t = _alpha_t(t, alpha) if _weighted(alpha) else None
         if a_t is not None:
             loss = loss.mul_(a_t)
         if not need_grad:
@@ -206,24 +219,29 @@ def run_chunked(
     return out, grad
 
 
-def kernel_for(spec, binary: bool = False) -> Kernel:
+def kernel_for(spec, binary: bool = False, alpha: Optional[Alpha] = None) -> Kernel:
     """The plain-PyTorch kernel of a ``focal_det.kernels.LossSpec`` (the reference backend);
-    ``binary``: targets are known to be 0/1 (the label path)."""
+    ``binary``: targets are known to be 0/1 (the label path); ``alpha``: the spec's per-class
+    alpha on the data's device (default: the spec's own alpha values)."""
+    if alpha is None:
+        alpha = spec.class_alpha if spec.class_alpha is not None else spec.alpha
     if spec.star:
-        return focal_star_kernel(spec.gamma, spec.beta, spec.alpha)
+        return focal_star_kernel(spec.gamma, spec.beta, alpha)
     if binary:
-        return binary_focal_kernel(spec.gamma, spec.alpha)
-    return focal_loss_kernel(spec.gamma, spec.alpha)
-
-
+        return binary_focal_kernel(spec.gamma, alpha)
+    return focal_loss_kernel(spec.gamma, alpha)
 
 
 def reference_loss(x2d: Tensor, labels: Optional[Tensor], targets: Optional[Tensor], spec,
                    elementwise: bool, scale: float, need_grad: bool):
     """Loss and gradient of ``spec`` (a :class:`LossSpec` or a :data:`Kernel`) on ``x2d`` (R, K)
     with integer ``labels`` (R,) or float ``targets`` (R, K); the backends' common signature."""
-    kernel = kernel_for(spec, binary=labels is not None) if isinstance(spec, LossSpec) else spec
     cdtype = compute_dtype(x2d.dtype)
+    if isinstance(spec, LossSpec):
+        alpha = spec.alpha_for(x2d.shape[1], x2d.device, cdtype)
+        kernel = kernel_for(spec, binary=labels is not None, alpha=alpha)
+    else:
+        kernel = spec
     if labels is not None:
         classes = torch.arange(x2d.shape[1], device=x2d.device)
 

@@ -56,11 +56,11 @@ if triton is not None:
 
     @triton.jit
     def _sigmoid_loss_kernel(
-        x_ptr, lab_ptr, t_ptr, loss_ptr, grad_ptr, part_ptr, N, K,
+        x_ptr, lab_ptr, t_ptr, loss_ptr, grad_ptr, part_ptr, alpha_ptr, N, K,
         gamma, alpha, beta, scale,
         STAR: tl.constexpr, GAMMA_CASE: tl.constexpr, WEIGHTED: tl.constexpr,
-        LABELS: tl.constexpr, ELEMENTWISE: tl.constexpr, NEED_GRAD: tl.constexpr,
-        F64: tl.constexpr, BLOCK: tl.constexpr,
+        CLASS_ALPHA: tl.constexpr, LABELS: tl.constexpr, ELEMENTWISE: tl.constexpr,
+        NEED_GRAD: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
     ):
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -75,7 +75,10 @@ if triton is not None:
         else:
             t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ct)
             keep = mask
-        if WEIGHTED:
+        if CLASS_ALPHA:  # alpha of this element's class (column)
+            a = tl.load(alpha_ptr + offs % K, mask=mask, other=0.0).to(ct)
+            a_t = t * (2.0 * a - 1.0) + (1.0 - a)
+        elif WEIGHTED:
             a_t = t * (2.0 * alpha - 1.0) + (1.0 - alpha)
         else:
             a_t = t * 0.0 + 1.0
@@ -87,8 +90,9 @@ if triton is not None:
         else:
             sp_pos, sp_neg, p, one_m_p = _logistic(x)
             is_pos = t == 1.0
-            # exact binary form (t in {0, 1})
-            ce_b = tl.where(is_pos, sp_neg, sp_pos)
+            # exact binary form (t in {0, 1}); -log p_t as torch's BCE computes it:
+            # -log_sigmoid(x) (= sp_neg) for positives, x - log_sigmoid(x) for negatives
+            ce_b = tl.where(is_pos, sp_neg, x + sp_neg)
             q_b = tl.where(is_pos, one_m_p, p)
             p_t = tl.where(is_pos, p, one_m_p)
             mod_b = _power(q_b, gamma, GAMMA_CASE)
@@ -100,7 +104,7 @@ if triton is not None:
             grad = tl.where(is_pos, -a_t, a_t) * m * mod_b
             if not LABELS:  # soft targets: the general form
                 one_m_t = 1.0 - t
-                ce = t * sp_neg + one_m_t * sp_pos
+                ce = one_m_t * x + sp_neg  # (1 - t) x - log_sigmoid(x), as torch
                 q = t * one_m_p + one_m_t * p
                 mod = _power(q, gamma, GAMMA_CASE)
                 g = one_m_t * p - t * one_m_p
@@ -130,7 +134,7 @@ def _gamma_case(gamma: float) -> int:
 
 def sigmoid_loss(x: Tensor, labels: Optional[Tensor], targets: Optional[Tensor], star: bool,
                  gamma: float, alpha: float, beta: float, reduction: int, scale: float,
-                 need_grad: bool) -> Tuple[Tensor, Tensor]:
+                 need_grad: bool, class_alpha: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Same contract as the C++ operator ``torch.ops.focal_det.sigmoid_loss`` (see its source)."""
     n, k = x.shape
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -141,10 +145,10 @@ def sigmoid_loss(x: Tensor, labels: Optional[Tensor], targets: Optional[Tensor],
     grad = torch.empty_like(x) if need_grad else x.new_empty((0,))
     _sigmoid_loss_kernel[grid](
         x, labels if labels is not None else x, targets if targets is not None else x,
-        loss, grad if need_grad else x, loss, numel, k,
-        float(gamma), float(alpha), float(beta), float(scale),
+        loss, grad if need_grad else x, loss, class_alpha if class_alpha is not None else x,
+        numel, k, float(gamma), float(alpha), float(beta), float(scale),
         STAR=bool(star), GAMMA_CASE=_gamma_case(gamma), WEIGHTED=alpha >= 0,
-        LABELS=labels is not None, ELEMENTWISE=elementwise, NEED_GRAD=bool(need_grad),
+        CLASS_ALPHA=class_alpha is not None, LABELS=labels is not None, ELEMENTWISE=elementwise, NEED_GRAD=bool(need_grad),
         F64=cdtype == torch.float64, BLOCK=BLOCK,
     )
     if not elementwise:

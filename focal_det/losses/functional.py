@@ -20,6 +20,7 @@ saved for backward, which is then one multiply. Half-precision inputs are comput
 input's dtype. The plain-PyTorch definition (the ``reference`` backend, used where no fast
 path is built) is ``focal_det.kernels.reference``.
 """
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels import LossSpec, fused_loss
@@ -56,7 +57,28 @@ def apply_loss(logits: Tensor, targets: Tensor, spec, reduction: str) -> Tensor:
         raise ValueError(
             f"targets shape {tuple(targets.shape)} != logits shape {tuple(logits.shape)}"
         )
+    if reduction == "none" and isinstance(spec, LossSpec) and not spec.star and spec.gamma == 0:
+        return _torch_cross_entropy(logits, targets, spec)
     return fused_loss(logits, spec, reduction, targets=targets)
+
+
+def _torch_cross_entropy(logits: Tensor, targets: Tensor, spec: LossSpec) -> Tensor:
+    """Elementwise (alpha-balanced) CE, the gamma = 0 member, as torch's own
+    ``binary_cross_entropy_with_logits``: the same numbers to the last bit on every device, so
+    FL is never above torch's BCE (the fused kernels' exp/log1p may differ by a rounding step;
+    for gamma > 0 the modulating factor keeps FL below it). Computed in float32 (float64 for
+    float64 logits), as the fused path."""
+    from ..kernels.reference import compute_dtype
+
+    cdtype = compute_dtype(logits.dtype)
+    x, t = logits.to(cdtype), targets.to(cdtype)
+    weight = None
+    alpha = spec.class_alpha if spec.class_alpha is not None else spec.alpha
+    if spec.class_alpha is not None or spec.alpha >= 0:
+        if isinstance(alpha, Tensor):
+            alpha = spec.alpha_for(x.shape[-1], x.device, cdtype)
+        weight = t * (2.0 * alpha - 1.0) + (1.0 - alpha)
+    return F.binary_cross_entropy_with_logits(x, t, weight=weight, reduction="none")
 
 
 def sigmoid_focal_loss(

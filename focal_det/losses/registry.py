@@ -66,6 +66,28 @@ def _keyed(fn, *args, **kwargs):
         raise ValueError(f"{_KEY}: {e}") from None
 
 
+def split_alpha(alpha) -> Tuple[float, Optional[Tensor]]:
+    """(scalar alpha, per-class alphas or None) from one value or K values (list, tuple,
+    tensor). Per-class values must each be in [0, 1]."""
+    if isinstance(alpha, (list, tuple, Tensor)):
+        values = torch.as_tensor(alpha, dtype=torch.float64).flatten()
+        if values.numel() == 0:
+            raise ValueError(f"{_KEY}.ALPHA_PER_CLASS: give one value per class, not an empty list")
+        bad = values[(values < 0) | (values > 1) | values.isnan()]
+        if bad.numel():
+            raise ValueError(f"{_KEY}.ALPHA_PER_CLASS={values.tolist()!r}: every value must be "
+                             f"in [0, 1] (got {bad[0].item()!r})")
+        return -1.0, values
+    return float(alpha), None
+
+
+def config_alpha(cfg: CfgNode):
+    """``CLS_LOSS.ALPHA_PER_CLASS`` (K values) when given, else ``CLS_LOSS.ALPHA``."""
+    c = cfg.MODEL.FOCAL_DET.CLS_LOSS
+    per_class = list(c.get("ALPHA_PER_CLASS", []))
+    return per_class if per_class else c.ALPHA
+
+
 class SigmoidClassificationLoss:
     """Base class: a member of the sigmoid loss family applied to labels or targets.
 
@@ -112,25 +134,46 @@ class SigmoidClassificationLoss:
         return -math.log((1.0 - prior) / prior)
 
 
+class _AlphaMixin:
+    """alpha as one value (``self.alpha``) or K values (``self.class_alpha``, (K,) float64)."""
+
+    class_alpha: Optional[Tensor] = None
+
+    def _set_alpha(self, alpha, **check):
+        scalar, per_class = split_alpha(alpha)
+        _keyed(LF.check_focal_params, self.gamma, scalar if per_class is None else 0.5, **check)
+        self.alpha, self.class_alpha = scalar, per_class
+
+    def _alpha_repr(self):
+        return self.alpha if self.class_alpha is None else self.class_alpha.tolist()
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """A per-class alpha has one value per class of the model."""
+        if self.class_alpha is not None and self.class_alpha.numel() != num_classes:
+            raise ValueError(f"{_KEY}.ALPHA_PER_CLASS has {self.class_alpha.numel()} values, but "
+                             f"the model has K = {num_classes} classes "
+                             "(MODEL.RETINANET.NUM_CLASSES): give one alpha per class")
+
+
 @CLS_LOSS_REGISTRY.register()
-class FocalLoss(SigmoidClassificationLoss):
-    """FL = -alpha_t (1 - p_t)^gamma log(p_t); probabilities sigmoid(x)."""
+class FocalLoss(_AlphaMixin, SigmoidClassificationLoss):
+    """FL = -alpha_t (1 - p_t)^gamma log(p_t); probabilities sigmoid(x). ``alpha``: one value,
+    or K values (positives of class k weigh alpha[k], its negatives 1 - alpha[k])."""
 
     @configurable
-    def __init__(self, *, gamma: float = 2.0, alpha: float = 0.25):
-        _keyed(LF.check_focal_params, gamma, alpha)
-        self.gamma, self.alpha = float(gamma), float(alpha)
+    def __init__(self, *, gamma: float = 2.0, alpha=0.25):
+        self.gamma = float(gamma)
+        self._set_alpha(alpha)
 
     @classmethod
     def from_config(cls, cfg):
-        return {"gamma": cfg.MODEL.FOCAL_DET.CLS_LOSS.GAMMA,
-                "alpha": cfg.MODEL.FOCAL_DET.CLS_LOSS.ALPHA}
+        return {"gamma": cfg.MODEL.FOCAL_DET.CLS_LOSS.GAMMA, "alpha": config_alpha(cfg)}
 
     def spec(self):
-        return LossSpec(False, self.gamma, self.alpha)
+        return LossSpec(False, self.gamma, self.alpha, class_alpha=self.class_alpha)
 
     def __repr__(self):
-        return f"{type(self).__name__}(gamma={self.gamma}, alpha={self.alpha})"
+        return f"{type(self).__name__}(gamma={self.gamma}, alpha={self._alpha_repr()})"
 
 
 @CLS_LOSS_REGISTRY.register()
@@ -151,8 +194,8 @@ class BalancedCrossEntropy(FocalLoss):
     """Alpha-balanced CE = -alpha_t log(p_t): FL with gamma = 0 (ignores GAMMA)."""
 
     @configurable
-    def __init__(self, *, alpha: float = 0.25):
-        if not 0.0 <= alpha <= 1.0:
+    def __init__(self, *, alpha=0.25):
+        if split_alpha(alpha)[1] is None and not 0.0 <= alpha <= 1.0:
             raise ValueError(
                 f"{_KEY}.ALPHA={alpha!r}: BalancedCrossEntropy needs alpha in [0, 1]"
             )
@@ -160,25 +203,25 @@ class BalancedCrossEntropy(FocalLoss):
 
     @classmethod
     def from_config(cls, cfg):
-        return {"alpha": cfg.MODEL.FOCAL_DET.CLS_LOSS.ALPHA}
+        return {"alpha": config_alpha(cfg)}
 
 
 @CLS_LOSS_REGISTRY.register()
-class FocalLossStar(SigmoidClassificationLoss):
+class FocalLossStar(_AlphaMixin, SigmoidClassificationLoss):
     """FL* = -log(sigmoid(gamma x_t + beta)) / gamma; probabilities sigmoid(gamma x + beta)."""
 
     @configurable
-    def __init__(self, *, gamma: float = 2.0, beta: float = 1.0, alpha: float = 0.25):
-        _keyed(LF.check_focal_params, gamma, alpha, star=True, beta=beta)
-        self.gamma, self.beta, self.alpha = float(gamma), float(beta), float(alpha)
+    def __init__(self, *, gamma: float = 2.0, beta: float = 1.0, alpha=0.25):
+        self.gamma, self.beta = float(gamma), float(beta)
+        self._set_alpha(alpha, star=True, beta=beta)
 
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.FOCAL_DET.CLS_LOSS
-        return {"gamma": c.GAMMA, "beta": c.BETA, "alpha": c.ALPHA}
+        return {"gamma": c.GAMMA, "beta": c.BETA, "alpha": config_alpha(cfg)}
 
     def spec(self):
-        return LossSpec(True, self.gamma, self.alpha, self.beta)
+        return LossSpec(True, self.gamma, self.alpha, self.beta, self.class_alpha)
 
     def probs(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits * self.gamma + self.beta)
@@ -191,4 +234,5 @@ class FocalLossStar(SigmoidClassificationLoss):
         return (math.log(prior / (1.0 - prior)) - self.beta) / self.gamma
 
     def __repr__(self):
-        return f"FocalLossStar(gamma={self.gamma}, beta={self.beta}, alpha={self.alpha})"
+        return (f"FocalLossStar(gamma={self.gamma}, beta={self.beta}, "
+                f"alpha={self._alpha_repr()})")

@@ -83,6 +83,8 @@ class FocalRetinaNet(RetinaNet):
             kwargs: everything :class:`detectron2.modeling.RetinaNet` takes.
         """
         super().__init__(**kwargs)
+        if hasattr(cls_loss, "check_num_classes"):  # e.g. one alpha per class
+            cls_loss.check_num_classes(self.num_classes)
         # The paper's prior initialization, through the loss's own probability mapping.
         torch.nn.init.constant_(self.head.cls_score.bias,
                                 class_bias_value(bias_init, cls_loss, prior_prob))

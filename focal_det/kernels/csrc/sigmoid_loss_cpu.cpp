@@ -4,7 +4,13 @@
 // focal_det::sigmoid_loss (one dispatched op per call).
 //
 // Shapes: x (R, K) contiguous; either labels (R,) int64 (K = background, -1 = ignored row) or
-// targets (R, K) in the compute type (float for float/half/bfloat16 x, double for double x).
+// targets (R, K) in the compute type (float for float/half/bfloat16 x, double for double x);
+// optional class_alpha (K,) in the compute type: alpha per class (positives of class k weigh
+// class_alpha[k], its negatives 1 - class_alpha[k]), instead of the scalar alpha.
+//
+// The cross-entropy term is computed as torch's binary_cross_entropy_with_logits computes it,
+// (1 - t) x - log_sigmoid(x) with log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)), so FL is never
+// above torch's BCE on the same input (the modulating factor is <= 1).
 // Returns (loss, grad): loss is (R, K) in the compute type for reduction 0 ("none"), else a
 // 0-dim tensor with the sum times `scale`; grad is (R, K) in x's dtype (times `scale`), or an
 // empty tensor when need_grad is false.
@@ -37,7 +43,7 @@ struct Params {
 
 template <typename T>
 struct Logistic {  // every sigmoid/softplus of x from one exp and one log1p
-  T sp_pos, sp_neg, p, one_m_p;  // softplus(x) = -log(1-p), softplus(-x) = -log p
+  T sp_pos, sp_neg, p, one_m_p, ce_neg;  // softplus(x) = -log(1-p), softplus(-x) = -log p
   explicit Logistic(T x) {
     const T e = std::exp(-std::abs(x));
     const T l = std::log1p(e);
@@ -45,7 +51,8 @@ struct Logistic {  // every sigmoid/softplus of x from one exp and one log1p
     p = x >= 0 ? inv : e * inv;
     one_m_p = x >= 0 ? e * inv : inv;
     sp_pos = std::max(x, T(0)) + l;
-    sp_neg = std::max(-x, T(0)) + l;
+    sp_neg = std::max(-x, T(0)) + l;  // = -log_sigmoid(x), torch's CE of a positive
+    ce_neg = x + sp_neg;  // x - log_sigmoid(x): torch's CE of a negative, rounded as torch does
   }
 };
 
@@ -57,16 +64,15 @@ inline T power(T q, T gamma) {
   return std::pow(q, gamma);
 }
 
-// FL for a target t in [0, 1]; exact binary form where t is 0 or 1.
+// FL for a target t in [0, 1]; exact binary form where t is 0 or 1. `a` is alpha (of this
+// element's class), `weighted` false for no alpha weighting.
 template <typename T>
-inline void focal(T x, T t, const Params& P, T& loss, T& grad) {
+inline void focal(T x, T t, const Params& P, T a, bool weighted, T& loss, T& grad) {
   const Logistic<T> s(x);
   const T gamma = static_cast<T>(P.gamma);
-  const bool weighted = P.alpha >= 0;
-  const T a = static_cast<T>(P.alpha);
   if (t == T(1) || t == T(0)) {
     const bool pos = t == T(1);
-    const T ce = pos ? s.sp_neg : s.sp_pos;   // -log p_t
+    const T ce = pos ? s.sp_neg : s.ce_neg;   // -log p_t
     const T q = pos ? s.one_m_p : s.p;        // 1 - p_t
     const T p_t = pos ? s.p : s.one_m_p;
     const T mod = power(q, gamma);
@@ -78,7 +84,7 @@ inline void focal(T x, T t, const Params& P, T& loss, T& grad) {
     return;
   }
   const T one_m_t = T(1) - t;
-  const T ce = t * s.sp_neg + one_m_t * s.sp_pos;
+  const T ce = one_m_t * x + s.sp_neg;  // (1 - t) x - log_sigmoid(x), as torch
   const T q = t * s.one_m_p + one_m_t * s.p;  // 1 - p_t without cancellation
   const T mod = power(q, gamma);
   const T a_t = weighted ? t * (T(2) * a - T(1)) + (T(1) - a) : T(1);
@@ -93,25 +99,26 @@ inline void focal(T x, T t, const Params& P, T& loss, T& grad) {
 
 // FL* = -alpha_t log(sigmoid(gamma x_t + beta)) / gamma; dFL*/dx = -alpha_t y sigmoid(-z).
 template <typename T>
-inline void focal_star(T x, T t, const Params& P, T& loss, T& grad) {
+inline void focal_star(T x, T t, const Params& P, T a, bool weighted, T& loss, T& grad) {
   const T gamma = static_cast<T>(P.gamma);
   const T y = T(2) * t - T(1);
   const T z = gamma * x * y + static_cast<T>(P.beta);
   const Logistic<T> s(z);
-  const T a = static_cast<T>(P.alpha);
-  const T a_t = P.alpha >= 0 ? t * (T(2) * a - T(1)) + (T(1) - a) : T(1);
+  const T a_t = weighted ? t * (T(2) * a - T(1)) + (T(1) - a) : T(1);
   loss = a_t * s.sp_neg / gamma;
   grad = -a_t * y * s.one_m_p;
 }
 
 template <typename scalar_t, typename T>
-void run(const at::Tensor& x, const int64_t* labels, const T* targets, const Params& P,
-         bool elementwise, bool need_grad, T* loss_out, scalar_t* grad_out, double* block_sums,
-         int64_t rows_per_block) {
+void run(const at::Tensor& x, const int64_t* labels, const T* targets, const T* class_alpha,
+         const Params& P, bool elementwise, bool need_grad, T* loss_out, scalar_t* grad_out,
+         double* block_sums, int64_t rows_per_block) {
   const int64_t R = x.size(0), K = x.size(1);
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const int64_t n_blocks = (R + rows_per_block - 1) / rows_per_block;
   const T scale = static_cast<T>(P.scale);
+  const bool weighted = class_alpha != nullptr || P.alpha >= 0;
+  const T alpha = static_cast<T>(P.alpha);
   // Dynamic scheduling: when another process holds a core (a DataLoader worker), the thread
   // that shares it takes fewer blocks instead of making the others wait at the barrier.
   // OpenMP's thread count is torch's (torch.set_num_threads sets it).
@@ -128,8 +135,9 @@ void run(const at::Tensor& x, const int64_t* labels, const T* targets, const Par
         if (!ignored) {
           const T xi = static_cast<T>(xp[i]);
           const T t = labels ? (label == k ? T(1) : T(0)) : targets[i];
-          if (P.star) focal_star(xi, t, P, loss, grad);
-          else focal(xi, t, P, loss, grad);
+          const T a = class_alpha ? class_alpha[k] : alpha;
+          if (P.star) focal_star(xi, t, P, a, weighted, loss, grad);
+          else focal(xi, t, P, a, weighted, loss, grad);
         }
         if (elementwise) loss_out[i] = loss * scale;
         else acc += static_cast<double>(loss);
@@ -143,7 +151,8 @@ void run(const at::Tensor& x, const int64_t* labels, const T* targets, const Par
 std::tuple<at::Tensor, at::Tensor> sigmoid_loss(
     const at::Tensor& x, const c10::optional<at::Tensor>& labels,
     const c10::optional<at::Tensor>& targets, bool star, double gamma, double alpha, double beta,
-    int64_t reduction, double scale, bool need_grad) {
+    int64_t reduction, double scale, bool need_grad,
+    const c10::optional<at::Tensor>& class_alpha) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "focal_det::sigmoid_loss: x must be (R, K) contiguous");
   TORCH_CHECK(labels.has_value() != targets.has_value(), "give exactly one of labels, targets");
   const auto cdtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -154,6 +163,10 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_loss(
   } else {
     TORCH_CHECK(targets->scalar_type() == cdtype && targets->is_contiguous() &&
                     targets->sizes() == x.sizes(), "targets must be contiguous, x's shape, compute dtype");
+  }
+  if (class_alpha) {
+    TORCH_CHECK(class_alpha->scalar_type() == cdtype && class_alpha->is_contiguous() &&
+                    class_alpha->numel() == K, "class_alpha must be (K,) contiguous, compute dtype");
   }
   const bool elementwise = reduction == 0;
   const Params P{star, gamma, alpha, beta, scale};
@@ -166,13 +179,15 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_loss(
   const int64_t* lp = labels ? labels->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "focal_det_sigmoid_loss", [&] {
     if (cdtype == at::kDouble) {
-      run<scalar_t, double>(x, lp, targets ? targets->data_ptr<double>() : nullptr, P,
+      run<scalar_t, double>(x, lp, targets ? targets->data_ptr<double>() : nullptr,
+                            class_alpha ? class_alpha->data_ptr<double>() : nullptr, P,
                             elementwise, need_grad,
                             elementwise ? loss.data_ptr<double>() : nullptr,
                             need_grad ? grad.data_ptr<scalar_t>() : nullptr, block_sums.data(),
                             rows_per_block);
     } else {
-      run<scalar_t, float>(x, lp, targets ? targets->data_ptr<float>() : nullptr, P, elementwise,
+      run<scalar_t, float>(x, lp, targets ? targets->data_ptr<float>() : nullptr,
+                           class_alpha ? class_alpha->data_ptr<float>() : nullptr, P, elementwise,
                            need_grad, elementwise ? loss.data_ptr<float>() : nullptr,
                            need_grad ? grad.data_ptr<scalar_t>() : nullptr, block_sums.data(),
                            rows_per_block);
@@ -191,7 +206,8 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_loss(
 TORCH_LIBRARY(focal_det, m) {
   m.def(
       "sigmoid_loss(Tensor x, Tensor? labels, Tensor? targets, bool star, float gamma, "
-      "float alpha, float beta, int reduction, float scale, bool need_grad) -> (Tensor, Tensor)");
+      "float alpha, float beta, int reduction, float scale, bool need_grad, "
+      "Tensor? class_alpha=None) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(focal_det, CPU, m) {
