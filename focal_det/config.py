@@ -47,6 +47,11 @@ def add_focal_det_config(cfg: CN) -> CN:
     # Classification-loss normalizer: "num_fg" = foreground anchors in the batch, summed over
     # all workers (the paper); "ema" = Detectron2's moving average (momentum 0.9, start 100).
     _C.MODEL.FOCAL_DET.LOSS_NORMALIZER = "num_fg"
+    # Crowd regions (COCO iscrowd: 1), opt-in: background anchors whose intersection with a
+    # crowd box covers at least IOA_THRESH of the anchor's area are ignored (focal_det.modeling.crowd).
+    _C.MODEL.FOCAL_DET.CROWD = CN()
+    _C.MODEL.FOCAL_DET.CROWD.ENABLED = False
+    _C.MODEL.FOCAL_DET.CROWD.IOA_THRESH = 0.5
     # Images with more GT boxes than this match anchors in chunks of this many (bounds memory).
     _C.MODEL.FOCAL_DET.MATCHER_CHUNK = 256
     # Speed switches (benchmarks/bench_model.py measures them; outputs match either way).

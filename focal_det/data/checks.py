@@ -4,8 +4,11 @@ counts them (per call), instead of crashing or producing NaN later."""
 import logging
 from typing import Dict, List, Sequence
 
+import numpy as np
+import torch
 from detectron2.data import DatasetMapper
-from detectron2.structures import BoxMode
+from detectron2.data import detection_utils as utils
+from detectron2.structures import Boxes, BoxMode
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +54,27 @@ class FocalDatasetMapper(DatasetMapper):
     Built from a cfg (``FocalDatasetMapper(cfg, is_train)``) or, as ``DatasetMapper`` in a
     LazyConfig, from keywords (``dataset_names`` then names the data in messages)."""
 
-    def __init__(self, *args, dataset_names=(), **kwargs):
+    def __init__(self, *args, dataset_names=(), keep_crowd: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         cfg = args[0] if args and not isinstance(args[0], bool) else None
         if cfg is not None:
             is_train = args[1] if len(args) > 1 else kwargs.get("is_train", True)
             dataset_names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
+            keep_crowd = is_train and cfg.MODEL.FOCAL_DET.CROWD.ENABLED
         self.dataset_names = [dataset_names] if isinstance(dataset_names, str) \
             else list(dataset_names)
+        # Crowd boxes (iscrowd: 1) kept as dataset_dict["crowd_boxes"] (focal_det.modeling.crowd)
+        self.keep_crowd = keep_crowd
+
+    def _transform_annotations(self, dataset_dict, transforms, image_shape):
+        crowd = [a for a in dataset_dict.get("annotations", []) if a.get("iscrowd", 0)]
+        super()._transform_annotations(dataset_dict, transforms, image_shape)
+        if self.keep_crowd:
+            boxes = [utils.transform_instance_annotations(dict(a, iscrowd=0), transforms,
+                                                          image_shape)["bbox"] for a in crowd]
+            boxes = Boxes(torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
+            boxes.clip(image_shape)
+            dataset_dict["crowd_boxes"] = boxes[boxes.nonempty()]
 
     def __call__(self, dataset_dict):
         try:

@@ -14,7 +14,7 @@ anchors, matching, box coding, box losses, NMS and post-processing are Detectron
   the whole batch, summed over workers) or "ema" (Detectron2's moving average).
 """
 import logging
-from typing import List
+from typing import List, Optional
 
 import torch
 from detectron2.config import configurable
@@ -32,6 +32,7 @@ from ..config import check_superseded_retinanet_keys
 from ..losses import build_cls_loss
 from .decoding import decode_detections
 from .fold import fold_norms as fold_norms_
+from .crowd import ignore_crowd_anchors
 from .matching import match_in_chunks
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class FocalRetinaNet(RetinaNet):
     @configurable
     def __init__(self, *, cls_loss, bias_init: str = "PriorProb", prior_prob: float = 0.01,
                  loss_normalizer: str = "num_fg", matcher_chunk: int = 256,
-                 fold_norms: bool = True, channels_last: bool = False, **kwargs):
+                 fold_norms: bool = True, channels_last: bool = False,
+                 crowd_ioa_thresh: Optional[float] = None, **kwargs):
         """
         Args:
             cls_loss: a loss object from ``focal_det.losses`` (see its registry's contract).
@@ -80,6 +82,10 @@ class FocalRetinaNet(RetinaNet):
             fold_norms: fold FrozenBN (always) and BN (at inference) into the conv before it
                 (``focal_det.modeling.fold``; parameters and state_dict unchanged).
             channels_last: keep conv weights and the input batch in channels-last layout.
+            crowd_ioa_thresh: with crowd boxes in the inputs (``"crowd_boxes"``, kept by the
+                mapper with ``MODEL.FOCAL_DET.CROWD.ENABLED``), background anchors covered by a
+                crowd box by at least this fraction of their area are ignored
+                (:mod:`focal_det.modeling.crowd`); None: crowds are not used.
             kwargs: everything :class:`detectron2.modeling.RetinaNet` takes.
         """
         super().__init__(**kwargs)
@@ -92,6 +98,11 @@ class FocalRetinaNet(RetinaNet):
         if matcher_chunk < 1:
             raise ValueError(f"MODEL.FOCAL_DET.MATCHER_CHUNK={matcher_chunk!r} must be >= 1")
         self.matcher_chunk = matcher_chunk
+        if crowd_ioa_thresh is not None:
+            check_range("MODEL.FOCAL_DET.CROWD.IOA_THRESH", crowd_ioa_thresh, 0.0, 1.0,
+                        low_open=True)
+        self.crowd_ioa_thresh = crowd_ioa_thresh
+        self._crowd_boxes = None  # the current training batch's crowd boxes (see forward)
         self.cls_loss = cls_loss
         self.normalizer_mode = loss_normalizer  # not `loss_normalizer`: the EMA state lives there
         if fold_norms:
@@ -118,9 +129,19 @@ class FocalRetinaNet(RetinaNet):
         ret["prior_prob"] = cfg.MODEL.FOCAL_DET.HEAD.PRIOR_PROB
         ret["loss_normalizer"] = cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER
         ret["matcher_chunk"] = cfg.MODEL.FOCAL_DET.MATCHER_CHUNK
+        crowd = cfg.MODEL.FOCAL_DET.CROWD
+        ret["crowd_ioa_thresh"] = crowd.IOA_THRESH if crowd.ENABLED else None
         ret["fold_norms"] = cfg.MODEL.FOCAL_DET.FOLD_NORMS
         ret["channels_last"] = cfg.MODEL.FOCAL_DET.CHANNELS_LAST
         return ret
+
+    def forward(self, batched_inputs):
+        if self.training and self.crowd_ioa_thresh is not None:
+            self._crowd_boxes = [x.get("crowd_boxes") for x in batched_inputs]
+        try:
+            return super().forward(batched_inputs)
+        finally:
+            self._crowd_boxes = None
 
     @torch.no_grad()
     def label_anchors(self, anchors, gt_instances):
@@ -128,7 +149,8 @@ class FocalRetinaNet(RetinaNet):
         boxes (R, 4)), with the IoU matrix computed in chunks of GT boxes when there are many."""
         anchors = Boxes.cat(anchors)
         gt_labels, matched_gt_boxes = [], []
-        for gt in gt_instances:
+        crowds = self._crowd_boxes or [None] * len(gt_instances)
+        for gt, crowd in zip(gt_instances, crowds):
             matched_idxs, anchor_labels = match_in_chunks(
                 self.anchor_matcher, gt.gt_boxes, anchors, self.matcher_chunk
             )
@@ -140,6 +162,9 @@ class FocalRetinaNet(RetinaNet):
             else:
                 boxes_i = torch.zeros_like(anchors.tensor)
                 labels_i = torch.zeros_like(matched_idxs) + self.num_classes
+            if crowd is not None:
+                labels_i = ignore_crowd_anchors(labels_i, anchors, crowd, self.crowd_ioa_thresh,
+                                                self.num_classes)
             gt_labels.append(labels_i)
             matched_gt_boxes.append(boxes_i)
         return gt_labels, matched_gt_boxes
