@@ -47,6 +47,21 @@ def add_focal_det_config(cfg: CN) -> CN:
     # Classification-loss normalizer: "num_fg" = foreground anchors in the batch, summed over
     # all workers (the paper); "ema" = Detectron2's moving average (momentum 0.9, start 100).
     _C.MODEL.FOCAL_DET.LOSS_NORMALIZER = "num_fg"
+    # Which anchors the classification loss trains on (focal_det.modeling.sampling): "" = all
+    # of them (the paper's FL), "OHEM" = the paper's Table 1d baseline.
+    _C.MODEL.FOCAL_DET.SAMPLER = CN()
+    _C.MODEL.FOCAL_DET.SAMPLER.NAME = ""
+    _C.MODEL.FOCAL_DET.SAMPLER.OHEM = CN()
+    # Minibatch per image: the highest-loss anchors that survive NMS (paper: 128, 256, 512).
+    _C.MODEL.FOCAL_DET.SAMPLER.OHEM.BATCH_SIZE_PER_IMAGE = 128
+    # NMS over the anchors' boxes (paper: .5, .7).
+    _C.MODEL.FOCAL_DET.SAMPLER.OHEM.NMS_THRESH = 0.5
+    # Largest foreground share of the minibatch; 0.25 is "OHEM 1:3"; <= 0: no ratio.
+    _C.MODEL.FOCAL_DET.SAMPLER.OHEM.POSITIVE_FRACTION = -1.0
+    # Highest-loss anchors per image that enter the NMS (exact while BATCH_SIZE survive).
+    _C.MODEL.FOCAL_DET.SAMPLER.OHEM.PRE_NMS_TOPK = 4096
+    # Score foreground anchors by classification + box loss (Fast R-CNN's OHEM); False: cls only.
+    _C.MODEL.FOCAL_DET.SAMPLER.OHEM.BOX_LOSS = True
     # Crowd regions (COCO iscrowd: 1), opt-in: background anchors whose intersection with a
     # crowd box covers at least IOA_THRESH of the anchor's area are ignored (focal_det.modeling.crowd).
     _C.MODEL.FOCAL_DET.CROWD = CN()

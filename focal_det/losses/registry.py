@@ -115,6 +115,13 @@ class SigmoidClassificationLoss:
             raise ValueError(f"labels has {labels.numel()} entries for {rows} rows of logits")
         return fused_loss(logits, self._spec_or_kernel(), "sum", labels=labels)
 
+    @torch.no_grad()
+    def per_anchor(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Each row's loss summed over its K classes (0 for ignored rows), no gradient: what
+        a sampler such as OHEM ranks anchors by. ``logits`` (..., K), ``labels`` (...)."""
+        per = fused_loss(logits.detach(), self._spec_or_kernel(), "none", labels=labels)
+        return per.sum(-1)
+
     def loss(self, logits: Tensor, targets: Tensor, reduction: str = "sum") -> Tensor:
         return LF.apply_loss(logits, targets, self._spec_or_kernel(), reduction)
 

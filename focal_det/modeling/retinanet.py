@@ -34,6 +34,7 @@ from .decoding import decode_detections
 from .fold import fold_norms as fold_norms_
 from .crowd import ignore_crowd_anchors
 from .matching import match_in_chunks
+from .sampling import build_anchor_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class FocalRetinaNet(RetinaNet):
     def __init__(self, *, cls_loss, bias_init: str = "PriorProb", prior_prob: float = 0.01,
                  loss_normalizer: str = "num_fg", matcher_chunk: int = 256,
                  fold_norms: bool = True, channels_last: bool = False,
-                 crowd_ioa_thresh: Optional[float] = None, **kwargs):
+                 crowd_ioa_thresh: Optional[float] = None, anchor_sampler=None, **kwargs):
         """
         Args:
             cls_loss: a loss object from ``focal_det.losses`` (see its registry's contract).
@@ -86,6 +87,8 @@ class FocalRetinaNet(RetinaNet):
                 mapper with ``MODEL.FOCAL_DET.CROWD.ENABLED``), background anchors covered by a
                 crowd box by at least this fraction of their area are ignored
                 (:mod:`focal_det.modeling.crowd`); None: crowds are not used.
+            anchor_sampler: which anchors the classification loss trains on
+                (:mod:`focal_det.modeling.sampling`, e.g. ``OHEM``); None: all (the paper's FL).
             kwargs: everything :class:`detectron2.modeling.RetinaNet` takes.
         """
         super().__init__(**kwargs)
@@ -103,6 +106,7 @@ class FocalRetinaNet(RetinaNet):
                         low_open=True)
         self.crowd_ioa_thresh = crowd_ioa_thresh
         self._crowd_boxes = None  # the current training batch's crowd boxes (see forward)
+        self.anchor_sampler = anchor_sampler
         self.cls_loss = cls_loss
         self.normalizer_mode = loss_normalizer  # not `loss_normalizer`: the EMA state lives there
         if fold_norms:
@@ -131,6 +135,7 @@ class FocalRetinaNet(RetinaNet):
         ret["matcher_chunk"] = cfg.MODEL.FOCAL_DET.MATCHER_CHUNK
         crowd = cfg.MODEL.FOCAL_DET.CROWD
         ret["crowd_ioa_thresh"] = crowd.IOA_THRESH if crowd.ENABLED else None
+        ret["anchor_sampler"] = build_anchor_sampler(cfg)
         ret["fold_norms"] = cfg.MODEL.FOCAL_DET.FOLD_NORMS
         ret["channels_last"] = cfg.MODEL.FOCAL_DET.CHANNELS_LAST
         return ret
@@ -199,7 +204,14 @@ class FocalRetinaNet(RetinaNet):
         get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
         normalizer = self._normalizer(num_pos_anchors)
 
-        loss_cls = self.classification_loss(pred_logits, gt_labels)
+        if self.anchor_sampler is None:
+            loss_cls = self.classification_loss(pred_logits, gt_labels) / normalizer
+        else:  # e.g. OHEM: the loss of the chosen anchors over their number
+            chosen = self.anchor_sampler.select(self, Boxes.cat(anchors).tensor, pred_logits,
+                                                gt_labels, pred_anchor_deltas, gt_boxes)
+            sampled = torch.where(chosen, gt_labels, torch.full_like(gt_labels, -1))
+            loss_cls = (self.classification_loss(pred_logits, sampled)
+                        / self.anchor_sampler.normalizer(chosen))
         loss_box_reg = _dense_box_regression_loss(
             anchors,
             self.box2box_transform,
@@ -209,7 +221,7 @@ class FocalRetinaNet(RetinaNet):
             box_reg_loss_type=self.box_reg_loss_type,
             smooth_l1_beta=self.smooth_l1_beta,
         )
-        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
     def classification_loss(self, pred_logits: List[Tensor], gt_labels: Tensor) -> Tensor:
         """The classification loss summed over all non-ignored anchors (not normalized).
