@@ -49,3 +49,21 @@ def test_table_1e_configs_have_their_depth_and_scale():
         assert f"R-{d}.pkl" in cfg.MODEL.WEIGHTS  # its ImageNet weights
         found.add((d, s))
     assert found == TABLE_1E
+
+
+def test_table_1a_1b_and_3_configs_set_their_loss():
+    found = {}
+    for path in glob.glob(os.path.join(CONFIGS, "paper", "table1[ab]", "*.yaml")) + \
+            glob.glob(os.path.join(CONFIGS, "paper", "table3", "*.yaml")):
+        cfg = cli.load_yaml_config(path)
+        c = cfg.MODEL.FOCAL_DET.CLS_LOSS
+        assert (cfg.INPUT.MIN_SIZE_TEST, cfg.MODEL.RESNETS.DEPTH) == (600, 50)
+        key = os.path.basename(os.path.dirname(path))
+        found.setdefault(key, set()).add((c.NAME, c.GAMMA if c.NAME != "BalancedCrossEntropy"
+                                          else None, c.ALPHA, c.BETA if "Star" in c.NAME
+                                          else None))
+    assert {a for _, _, a, _ in found["table1a"]} == {.1, .25, .5, .75, .9, .99, .999}
+    assert {(g, a) for _, g, a, _ in found["table1b"]} == {
+        (0, .75), (0.1, .75), (0.2, .75), (0.5, .5), (1, .25), (2, .25), (5, .25)}
+    assert {(n, g, b) for n, g, _, b in found["table3"]} == {("FocalLossStar", 2, 1),
+                                                             ("FocalLossStar", 4, 0)}
