@@ -27,6 +27,16 @@ def Zero(cls_loss, prior_prob: float) -> float:
     return 0.0
 
 
+def class_bias_pattern(name: str, cls_loss, prior_prob: float, num_classes: int):
+    """The initial biases of one anchor's logits, a (C,) tensor: the loss's own pattern where it
+    has one (softmax FL: K + 1 logits), else ``class_bias_value`` for each of the K classes."""
+    import torch
+
+    if hasattr(cls_loss, "class_bias_pattern"):
+        return cls_loss.class_bias_pattern(name, prior_prob, num_classes)
+    return torch.full((num_classes,), class_bias_value(name, cls_loss, prior_prob))
+
+
 def class_bias_value(name: str, cls_loss, prior_prob: float) -> float:
     """The initial bias of the class logits given by the initializer registered as ``name``."""
     if name not in BIAS_INIT_REGISTRY:

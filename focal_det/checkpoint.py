@@ -125,9 +125,40 @@ class FocalCheckpointer(DetectionCheckpointer):
         self.require_same_classes = require_same_classes
 
     def _load_model(self, checkpoint):
+        self._check_head_kind(checkpoint)
         if self.require_same_classes:
             self._check_class_head(checkpoint["model"])
         return super()._load_model(checkpoint)
+
+    def _check_head_kind(self, checkpoint) -> None:
+        """A sigmoid class head (K logits per anchor) never loads into a softmax model (K + 1,
+        background last), nor the reverse, in training either: the shapes can even agree (K + 1
+        sigmoid classes), the meaning never does. Our checkpoints say which they are
+        (``focal_det_head``); others are sigmoid RetinaNets (Detectron2's)."""
+        model = getattr(self.model, "module", self.model)
+        own_logits, k = getattr(model, "num_logits", None), getattr(model, "num_classes", None)
+        key = "head.cls_score.weight"
+        theirs = checkpoint.get("model", {}).get(key)
+        if own_logits is None or theirs is None:
+            return
+        own = model.state_dict()[key]
+        meta = checkpoint.get("focal_det_head")
+        own_softmax = own_logits != k
+        if meta is not None:
+            their_softmax = meta["num_logits"] != meta["num_classes"]
+        else:
+            their_softmax = False  # Detectron2's RetinaNet and our older checkpoints: sigmoid
+            if not own_softmax or tuple(theirs.shape) != (own.shape[0] // own_logits * k,
+                                                          *own.shape[1:]):
+                return  # another class count: the class-count checks and warnings apply
+        if own_softmax != their_softmax:
+            kind = {True: "softmax (K + 1 logits per anchor, background last)",
+                    False: "sigmoid (K logits per anchor)"}
+            raise ClassCountMismatchError(
+                f"{self._focal_path}: its class head {tuple(theirs.shape)} is {kind[their_softmax]}"
+                f", but this model's {tuple(own.shape)} is {kind[own_softmax]} "
+                f"(MODEL.FOCAL_DET.CLS_LOSS.NAME {type(model.cls_loss).__name__}); one cannot "
+                "be loaded into the other. Use the loss the weights were trained with.")
 
     def _check_class_head(self, weights) -> None:
         model = getattr(self.model, "module", self.model)
@@ -165,6 +196,10 @@ class FocalCheckpointer(DetectionCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        model = getattr(self.model, "module", self.model)
+        if hasattr(model, "num_logits"):  # which class head these weights belong to
+            data["focal_det_head"] = {"num_classes": int(model.num_classes),
+                                      "num_logits": int(model.num_logits)}
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)

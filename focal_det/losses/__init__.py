@@ -1,4 +1,5 @@
-"""Classification losses of the Focal Loss paper: pure functions and a named registry."""
+"""Classification losses of the Focal Loss paper: pure functions and a named registry (the
+sigmoid family in ``functional.py``/``registry.py``, softmax FL in ``softmax.py``)."""
 from .functional import (
     sigmoid_balanced_cross_entropy,
     sigmoid_cross_entropy,
@@ -15,6 +16,7 @@ from .registry import (
     build_cls_loss,
     registered_loss_names,
 )
+from .softmax import SoftmaxFocalLoss, softmax_focal_loss
 
 __all__ = [
     "sigmoid_focal_loss",
@@ -29,4 +31,6 @@ __all__ = [
     "FocalLossStar",
     "CrossEntropy",
     "BalancedCrossEntropy",
+    "SoftmaxFocalLoss",
+    "softmax_focal_loss",
 ]

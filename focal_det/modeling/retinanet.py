@@ -26,12 +26,13 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
-from ..bias_init import class_bias_value
+from ..bias_init import class_bias_pattern
 from ..config import LOSS_NORMALIZERS, check_choice, check_iou_thresholds, check_range
 from ..config import check_superseded_retinanet_keys
 from ..losses import build_cls_loss
 from .decoding import decode_detections
 from .fold import fold_norms as fold_norms_
+from .class_head import identity, wider_class_conv
 from .crowd import ignore_crowd_anchors
 from .matching import match_in_chunks
 from .sampling import build_anchor_sampler
@@ -94,9 +95,16 @@ class FocalRetinaNet(RetinaNet):
         super().__init__(**kwargs)
         if hasattr(cls_loss, "check_num_classes"):  # e.g. one alpha per class
             cls_loss.check_num_classes(self.num_classes)
+        # Logits per anchor: K, or K + 1 for a loss with a background logit (softmax FL)
+        self.num_logits = self.num_classes + int(getattr(cls_loss, "background_logit", False))
+        if self.num_logits != self.num_classes:
+            self.head.cls_score = wider_class_conv(self.head.cls_score, self.num_classes,
+                                                    self.num_logits)
         # The paper's prior initialization, through the loss's own probability mapping.
-        torch.nn.init.constant_(self.head.cls_score.bias,
-                                class_bias_value(bias_init, cls_loss, prior_prob))
+        pattern = class_bias_pattern(bias_init, cls_loss, prior_prob, self.num_classes)
+        with torch.no_grad():
+            self.head.cls_score.bias.copy_(pattern.repeat(
+                self.head.cls_score.out_channels // self.num_logits))
         check_choice("loss_normalizer", loss_normalizer, LOSS_NORMALIZERS)
         if matcher_chunk < 1:
             raise ValueError(f"MODEL.FOCAL_DET.MATCHER_CHUNK={matcher_chunk!r} must be >= 1")
@@ -223,6 +231,14 @@ class FocalRetinaNet(RetinaNet):
         )
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
+    def forward_training(self, images, features, predictions, gt_instances):
+        """Detectron2's, with ``num_logits`` logits per anchor (K + 1 for softmax FL)."""
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_logits, 4])
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+
     def classification_loss(self, pred_logits: List[Tensor], gt_labels: Tensor) -> Tensor:
         """The classification loss summed over all non-ignored anchors (not normalized).
 
@@ -245,7 +261,7 @@ class FocalRetinaNet(RetinaNet):
         features = [features[f] for f in self.head_in_features]
         anchors = self.anchor_generator(features)
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
-            self.head(features), [self.num_classes, 4])
+            self.head(features), [self.num_logits, 4])
         return anchors, pred_logits, pred_anchor_deltas
 
     def forward_inference(
@@ -254,19 +270,24 @@ class FocalRetinaNet(RetinaNet):
         """Detectron2's post-processing (scores = ``cls_loss.probs``), with the same result
         and less work: see :mod:`focal_det.modeling.decoding`."""
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4]
+            predictions, [self.num_logits, 4]
         )
         anchors = self.anchor_generator(features)
+        probs = self.cls_loss.probs
+        if not getattr(self.cls_loss, "probs_elementwise", True):
+            # e.g. softmax: a score depends on all of its anchor's logits, so the candidates
+            # are chosen on the scores themselves (decoding's shortcut needs an elementwise map)
+            pred_logits, probs = [probs(x) for x in pred_logits], identity
         if torch.jit.is_tracing():  # the fast path branches on data; Detectron2's traces
             return [
                 self.inference_single_image(
-                    anchors, [self.cls_loss.probs(x[i]) for x in pred_logits],
+                    anchors, [probs(x[i]) for x in pred_logits],
                     [x[i] for x in pred_anchor_deltas], image_size)
                 for i, image_size in enumerate(images.image_sizes)
             ]
         return decode_detections(
             anchors, pred_logits, pred_anchor_deltas, images.image_sizes,
-            probs=self.cls_loss.probs, box2box_transform=self.box2box_transform,
+            probs=probs, box2box_transform=self.box2box_transform,
             score_thresh=self.test_score_thresh, topk_candidates=self.test_topk_candidates,
             nms_thresh=self.test_nms_thresh, max_detections=self.max_detections_per_image,
         )
