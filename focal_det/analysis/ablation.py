@@ -81,6 +81,23 @@ PAPER_GRID = [
 # gamma), Table 3's two FL* settings, and CE without the prior (with the recipe's clipping).
 LETTERS_GRID = [e for e in PAPER_GRID
                 if e.name not in ("fl_g0_a0.75", "ce_noprior_noclip")]
+# The paper's Table 1d arms (OHEM with CE on the chosen anchors; R-101 in the paper) beside
+# FL gamma 2: minibatch per image, NMS threshold, and the SSD-style 1:3 ratio.
+_OHEM = "MODEL.FOCAL_DET.SAMPLER."
+
+
+def _ohem(batch: int, nms: float, fraction: float = -1.0, paper_ap=None) -> Entry:
+    name = f"ohem{'_1to3' if fraction > 0 else ''}_{batch}_nms{nms:g}"
+    return Entry(name, "CrossEntropy", paper_ap=paper_ap, note="OHEM (Table 1d)",
+                 extra=(_OHEM + "NAME", "OHEM", _OHEM + "OHEM.BATCH_SIZE_PER_IMAGE", str(batch),
+                        _OHEM + "OHEM.NMS_THRESH", str(nms),
+                        _OHEM + "OHEM.POSITIVE_FRACTION", str(fraction)))
+
+
+OHEM_GRID = [_ohem(128, 0.5, paper_ap="32.8 (R-101)"), _ohem(512, 0.5), _ohem(128, 0.7),
+             _ohem(128, 0.5, 0.25), Entry("fl_g2_a0.25", "FocalLoss", gamma=2, alpha=0.25,
+                                          paper_ap="36.0 (R-101)")]
+
 GRIDS = {
     "paper": PAPER_GRID,
     "letters": LETTERS_GRID,
@@ -88,6 +105,7 @@ GRIDS = {
               for g, a in ((0, 0.75), (0.5, 0.5), (1, 0.25), (2, 0.25), (5, 0.25))],
     "alpha": [Entry(f"ce_a{a:.2f}", "BalancedCrossEntropy", alpha=a)
               for a in (0.25, 0.5, 0.75, 0.9)],
+    "ohem": OHEM_GRID,
     "star": [e for e in PAPER_GRID if e.loss == "FocalLossStar"]
     + [Entry("fl_g2_a0.25", "FocalLoss", gamma=2, alpha=0.25)],
 }
