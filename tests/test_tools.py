@@ -62,3 +62,12 @@ def test_get_cfg_adds_keys_without_touching_detectron2_defaults():
     cfg = focal_det.get_cfg()
     assert cfg.MODEL.FOCAL_DET.CLS_LOSS.NAME == "FocalLoss"
     assert "FOCAL_DET" not in d2_get_cfg().MODEL
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine gpu-check runs for real")
+def test_gpu_check_without_cuda_says_so_and_exits_2(tmp_path):
+    proc = run_child(["bash", "tools/gpu_check.sh"], timeout=120, check=False,
+                     env={**os.environ, "PYTHON": sys.executable,
+                          "GPU_CHECK_OUT": str(tmp_path)})
+    assert proc.returncode == 2, proc.stdout
+    assert "no CUDA device" in proc.stdout and "False" in proc.stdout
