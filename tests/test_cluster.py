@@ -292,6 +292,8 @@ def two_hosts():
     if why:
         pytest.skip(f"cannot make network namespaces here: {why}")
     names, addrs = ("fd_h0", "fd_h1"), ("10.231.7.1", "10.231.7.2")
+    for n in names:  # left over from a run that was killed
+        subprocess.run(["ip", "netns", "del", n], capture_output=True)
     cmds = [["ip", "netns", "add", names[0]], ["ip", "netns", "add", names[1]],
             ["ip", "link", "add", "fd_v0", "type", "veth", "peer", "name", "fd_v1"],
             ["ip", "link", "set", "fd_v0", "netns", names[0]],
