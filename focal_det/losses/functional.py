@@ -68,16 +68,13 @@ def _torch_cross_entropy(logits: Tensor, targets: Tensor, spec: LossSpec) -> Ten
     FL is never above torch's BCE (the fused kernels' exp/log1p may differ by a rounding step;
     for gamma > 0 the modulating factor keeps FL below it). Computed in float32 (float64 for
     float64 logits), as the fused path."""
-    from ..kernels.reference import compute_dtype
+    from ..kernels.reference import _alpha_t, compute_dtype
 
     cdtype = compute_dtype(logits.dtype)
     x, t = logits.to(cdtype), targets.to(cdtype)
-    weight = None
-    alpha = spec.class_alpha if spec.class_alpha is not None else spec.alpha
-    if spec.class_alpha is not None or spec.alpha >= 0:
-        if isinstance(alpha, Tensor):
-            alpha = spec.alpha_for(x.shape[-1], x.device, cdtype)
-        weight = t * (2.0 * alpha - 1.0) + (1.0 - alpha)
+    per_class = spec.alpha_for(x.shape[-1], x.device, cdtype)
+    alpha = per_class if per_class is not None else spec.alpha
+    weight = _alpha_t(t, alpha) if per_class is not None or spec.alpha >= 0 else None
     return F.binary_cross_entropy_with_logits(x, t, weight=weight, reduction="none")
 
 
