@@ -39,7 +39,7 @@ def focal_kernel(gamma: float, alpha: Alpha) -> Kernel:
         log_1mp = F.logsigmoid(-x)  # log(1 - p), exact where p ~ 1
         p, one_m_p = log_p.exp(), log_1mp.exp()
         one_m_t = 1.0 - t
-        ce = (one_m_t * x).sub_(log_p)  # BCE(x, t), computed as torch computes it
+        ce = (one_m_t * x).sub_(log_p)  # BCE(x, t) as torch computes it (the value)
         q = (t * one_m_p).add_(one_m_t * p)  # 1 - p_t, without cancellation
         if gamma == 0:
             mod = None
@@ -60,7 +60,8 @@ def focal_kernel(gamma: float, alpha: Alpha) -> Kernel:
         grad = (one_m_t * p).sub_(t * one_m_p)
         if mod is not None:
             ratio = (p * one_m_p).div_(q.clamp_min(torch.finfo(q.dtype).tiny))
-            grad = grad.sub_(ratio.mul_(ce).mul_(2.0 * t - 1.0).mul_(gamma)).mul_(mod)
+            ce_exact = -(t * log_p).add_(one_m_t * log_1mp)  # no cancellation
+            grad = grad.sub_(ratio.mul_(ce_exact).mul_(2.0 * t - 1.0).mul_(gamma)).mul_(mod)
         if a_t is not None:
             grad = grad.mul_(a_t)
         return loss, grad
@@ -80,10 +81,10 @@ def binary_focal_kernel(gamma: float, alpha: Alpha) -> Kernel:
         # for negatives; with x_n = -x_t, 1 - p_t = sigmoid(x_n), exact.
         x_n = torch.where(pos, x.neg(), x)
         log_sig = F.logsigmoid(x)
-        ce = torch.where(pos, log_sig.neg(), x - log_sig)
+        ce = torch.where(pos, log_sig.neg(), x - log_sig)  # the value
         q = torch.sigmoid(x_n)
         mod = None if gamma == 0 else (q if gamma == 1 else (q * q if gamma == 2 else q.pow(gamma)))
-        return ce, q, mod
+        return ce, q, mod, x_n
 
     def alphas(x: Tensor, weight: Optional[Tensor]):
         if isinstance(alpha, Tensor):  # per class: (K,), broadcast over rows
@@ -96,31 +97,34 @@ def binary_focal_kernel(gamma: float, alpha: Alpha) -> Kernel:
                     torch.tensor(a_neg, dtype=x.dtype, device=x.device))
         return weight * a_pos, weight * a_neg
 
-    def grad_terms(ce, q, mod):
-        # dFL/dx = -y alpha_t (1 - p_t)^gamma (gamma p_t (-log p_t) + (1 - p_t))
-        m = torch.addcmul(q, 1.0 - q, ce, value=gamma) if gamma != 0 else q
-        return m.mul_(mod) if mod is not None else m
+    def grad_terms(x_n, q, mod):
+        # dFL/dx = -y alpha_t (1 - p_t)^gamma (gamma p_t (-log p_t) + (1 - p_t)), with
+        # -log p_t = softplus(x_n), free of the value's (torch-rounded) cancellation
+        if gamma == 0:
+            return q
+        m = torch.addcmul(q, 1.0 - q, F.softplus(x_n), value=gamma)
+        return m.mul_(mod)
 
     def kernel(x: Tensor, t: Tensor, need_grad: bool):
         pos = t if t.dtype == torch.bool else t > 0.5
-        ce, q, mod = terms(x, pos)
+        ce, q, mod, x_n = terms(x, pos)
         a_pos, a_neg = alphas(x, None)
         at = torch.where(pos, a_pos, a_neg)
         loss = (ce * mod if mod is not None else ce).mul_(at)
         if not need_grad:
             return loss, None
-        return loss, grad_terms(ce, q, mod).mul_(torch.where(pos, -a_pos, a_neg))
+        return loss, grad_terms(x_n, q, mod).mul_(torch.where(pos, -a_pos, a_neg))
 
     def sum_into(x: Tensor, t: Tensor, weight: Optional[Tensor], grad_out: Optional[Tensor]):
         if t.dtype != torch.bool and not is_binary(t):
             return None
         pos = t if t.dtype == torch.bool else t > 0.5
-        ce, q, mod = terms(x, pos)
+        ce, q, mod, x_n = terms(x, pos)
         a_pos, a_neg = alphas(x, weight)
         lm = ce * mod if mod is not None else ce
         total = lm.mul_(torch.where(pos, a_pos, a_neg)).sum()  # cascade sum: accurate
         if grad_out is not None:
-            torch.mul(grad_terms(ce, q, mod), torch.where(pos, -a_pos, a_neg), out=grad_out)
+            torch.mul(grad_terms(x_n, q, mod), torch.where(pos, -a_pos, a_neg), out=grad_out)
         return total.double()
 
     kernel.sum_into = sum_into

@@ -93,13 +93,14 @@ if triton is not None:
             # exact binary form (t in {0, 1}); -log p_t as torch's BCE computes it:
             # -log_sigmoid(x) (= sp_neg) for positives, x - log_sigmoid(x) for negatives
             ce_b = tl.where(is_pos, sp_neg, x + sp_neg)
+            ce_exact = tl.where(is_pos, sp_neg, sp_pos)  # no cancellation: for the gradient
             q_b = tl.where(is_pos, one_m_p, p)
             p_t = tl.where(is_pos, p, one_m_p)
             mod_b = _power(q_b, gamma, GAMMA_CASE)
             if GAMMA_CASE == 0:
                 m = q_b
             else:
-                m = q_b + gamma * p_t * ce_b
+                m = q_b + gamma * p_t * ce_exact
             loss = a_t * ce_b * mod_b
             grad = tl.where(is_pos, -a_t, a_t) * m * mod_b
             if not LABELS:  # soft targets: the general form
@@ -110,7 +111,8 @@ if triton is not None:
                 g = one_m_t * p - t * one_m_p
                 if GAMMA_CASE != 0:
                     ratio = p * one_m_p / tl.maximum(q, 1.1754943508222875e-38)
-                    g = (g - gamma * ce * (2.0 * t - 1.0) * ratio) * mod
+                    ce_x = t * sp_neg + one_m_t * sp_pos  # no cancellation: the gradient
+                    g = (g - gamma * ce_x * (2.0 * t - 1.0) * ratio) * mod
                 soft = (t != 0.0) & (t != 1.0)
                 loss = tl.where(soft, a_t * ce * mod, loss)
                 grad = tl.where(soft, a_t * g, grad)

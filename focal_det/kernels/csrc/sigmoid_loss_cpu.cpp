@@ -8,9 +8,10 @@
 // optional class_alpha (K,) in the compute type: alpha per class (positives of class k weigh
 // class_alpha[k], its negatives 1 - class_alpha[k]), instead of the scalar alpha.
 //
-// The cross-entropy term is computed as torch's binary_cross_entropy_with_logits computes it,
-// (1 - t) x - log_sigmoid(x) with log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)), so FL is never
-// above torch's BCE on the same input (the modulating factor is <= 1).
+// The loss value's cross-entropy term is computed as torch's binary_cross_entropy_with_logits
+// computes it, (1 - t) x - log_sigmoid(x) with log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)),
+// so FL is never above torch's BCE on the same input (the modulating factor is <= 1); the
+// gradient uses the cancellation-free softplus form, so easy negatives keep exact gradients.
 // Returns (loss, grad): loss is (R, K) in the compute type for reduction 0 ("none"), else a
 // 0-dim tensor with the sum times `scale`; grad is (R, K) in x's dtype (times `scale`), or an
 // empty tensor when need_grad is false.
@@ -72,19 +73,20 @@ inline void focal(T x, T t, const Params& P, T a, bool weighted, T& loss, T& gra
   const T gamma = static_cast<T>(P.gamma);
   if (t == T(1) || t == T(0)) {
     const bool pos = t == T(1);
-    const T ce = pos ? s.sp_neg : s.ce_neg;   // -log p_t
+    const T ce = pos ? s.sp_neg : s.ce_neg;   // -log p_t, rounded as torch's BCE (the value)
+    const T ce_exact = pos ? s.sp_neg : s.sp_pos;  // -log p_t without cancellation (gradient)
     const T q = pos ? s.one_m_p : s.p;        // 1 - p_t
     const T p_t = pos ? s.p : s.one_m_p;
     const T mod = power(q, gamma);
     const T a_t = weighted ? (pos ? a : T(1) - a) : T(1);
     loss = a_t * ce * mod;
     // dFL/dx = -y alpha_t (1 - p_t)^gamma (gamma p_t (-log p_t) + (1 - p_t))
-    const T m = gamma == T(0) ? q : q + gamma * p_t * ce;
+    const T m = gamma == T(0) ? q : q + gamma * p_t * ce_exact;
     grad = (pos ? -a_t : a_t) * m * mod;
     return;
   }
   const T one_m_t = T(1) - t;
-  const T ce = one_m_t * x + s.sp_neg;  // (1 - t) x - log_sigmoid(x), as torch
+  const T ce = one_m_t * x + s.sp_neg;  // (1 - t) x - log_sigmoid(x), as torch (the value)
   const T q = t * s.one_m_p + one_m_t * s.p;  // 1 - p_t without cancellation
   const T mod = power(q, gamma);
   const T a_t = weighted ? t * (T(2) * a - T(1)) + (T(1) - a) : T(1);
@@ -92,7 +94,8 @@ inline void focal(T x, T t, const Params& P, T a, bool weighted, T& loss, T& gra
   T g = one_m_t * s.p - t * s.one_m_p;  // p - t
   if (gamma != T(0)) {
     const T ratio = s.p * s.one_m_p / std::max(q, std::numeric_limits<T>::min());
-    g = (g - gamma * ce * (T(2) * t - T(1)) * ratio) * mod;
+    const T ce_exact = t * s.sp_neg + one_m_t * s.sp_pos;  // no cancellation (gradient)
+    g = (g - gamma * ce_exact * (T(2) * t - T(1)) * ratio) * mod;
   }
   grad = a_t * g;
 }
