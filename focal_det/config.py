@@ -69,6 +69,9 @@ def add_focal_det_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL_DET.CROWD.IOA_THRESH = 0.5
     # Images with more GT boxes than this match anchors in chunks of this many (bounds memory).
     _C.MODEL.FOCAL_DET.MATCHER_CHUNK = 256
+    # Diagnostics: log per-tensor gradient norms (before clipping) and how many tensors the
+    # clipping cuts, for the first N iterations, to OUTPUT_DIR/grad_stats.jsonl; 0: off.
+    _C.MODEL.FOCAL_DET.GRAD_STATS_ITERS = 0
     # Speed switches (benchmarks/bench_model.py measures them; outputs match either way).
     # Fold FrozenBN (train and test) and BN (test) into the preceding conv, parameters unchanged.
     _C.MODEL.FOCAL_DET.FOLD_NORMS = True

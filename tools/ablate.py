@@ -21,6 +21,7 @@ from typing import List
 
 from focal_det import cli
 from focal_det.analysis import ablation as A
+from focal_det.analysis.divergence import plot_loss_curves
 from focal_det.analysis.ablation_report import best_of, markdown_table, plot, plot_curves, summarize
 from focal_det.errors import FocalDetError
 
@@ -41,6 +42,10 @@ def get_parser():
     p.add_argument("--eval-points", type=int, default=1,
                    help="evaluate every --iters/N iterations (AP against iterations: "
                         "ap_curve in each result and ablation_curves.png)")
+    p.add_argument("--warmup", choices=("fixed", "scaled"), default="fixed",
+                   help="fixed: min(100, iters/5) iterations (the built-in recipes' grids); "
+                        "scaled: the config's WARMUP_ITERS as the same share of --iters as of "
+                        "its MAX_ITER (the paper's 500 of 90k)")
     p.add_argument("--output", required=True, help="folder for runs, table and chart")
     cli.add_register_coco(p)
     p.add_argument("--train", default=None, help="dataset name for DATASETS.TRAIN")
@@ -73,7 +78,10 @@ def main(argv=None) -> List[dict]:
         args.register_coco = [[n, os.path.abspath(j), os.path.abspath(r)]
                               for n, j, r in args.register_coco]
 
-    common = A.budget_opts(args.iters, args.eval_points)
+    common = A.budget_opts(args.iters, args.eval_points, scaled_warmup=args.warmup == "scaled")
+    if args.warmup == "scaled":
+        cfg = cli.load_yaml_config(args.config_file, args.opts)
+        args.config_warmup = (cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER)
     if args.train:
         common += ["DATASETS.TRAIN", f"('{args.train}',)"]
         json_of = {n: j for n, j, _ in args.register_coco or ()}
@@ -97,6 +105,8 @@ def main(argv=None) -> List[dict]:
                       "eval_points": args.eval_points, "command": command, "rows": rows,
                       "runs": results}, f"Loss ablation: {title}", command, table)
     plot(rows, os.path.join(args.output, "ablation.png"), title)
+    plot_loss_curves(results, os.path.join(args.output, "ablation_loss.png"),
+                     title + "; loss_cls of every run (red: diverged or exploded)")
     if args.eval_points > 1:
         ce = best_of(rows, ("BalancedCrossEntropy", "CrossEntropy"))
         fl = [r for r in rows if r["name"] == "fl_g2_a0.25"] or [best_of(rows, ("FocalLoss",))]
@@ -105,7 +115,8 @@ def main(argv=None) -> List[dict]:
                     title + f"; highlighted: best CE and FL γ 2 ({', '.join(highlight)})",
                     highlight)
     print(table)
-    print(f"[ablate] table, JSON and chart in {args.output}/ablation.{{md,json,png}}")
+    print(f"[ablate] table, JSON and charts in {args.output}/ablation.{{md,json,png}}, "
+          "ablation_loss.png")
     return results
 
 

@@ -25,7 +25,8 @@ def summarize(grid, results: List[dict]) -> List[dict]:
             continue
         row = {"name": entry.name, **entry.describe(), "paper_ap": entry.paper_ap or "",
                "seeds": [r["seed"] for r in runs],
-               "diverged": [r["seed"] for r in runs if r["status"] == "diverged"],
+               "diverged": [r["seed"] for r in runs if r["status"] in ("diverged", "exploded")],
+               "divergence": [_divergence(r) for r in runs],
                "AP_per_seed": [r["AP"] for r in runs]}
         for m in METRICS:
             row[m], row[m + "_std"] = _mean_std([r[m] for r in runs])
@@ -33,6 +34,20 @@ def summarize(grid, results: List[dict]) -> List[dict]:
                                       if r["status"] == "ok"])
         rows.append(row)
     return rows
+
+
+def _divergence(run: dict) -> str:
+    """How a run ended, for the table: "" (fine), NaN/inf, or a loss explosion."""
+    boom = run.get("explosion")
+    if run["status"] == "diverged":
+        return f"seed {run['seed']} (NaN/inf at iteration {run['diverged_at']})"
+    if boom and not boom["recovered"]:
+        return f"seed {run['seed']} (loss x{boom['to'] / boom['from']:.0f} at iteration " \
+               f"{boom['iteration']}, not recovered)"
+    if boom:
+        return f"no (seed {run['seed']}: loss x{boom['to'] / boom['from']:.0f} at iteration " \
+               f"{boom['iteration']}, recovered)"
+    return ""
 
 
 def _cell(mean: float, std: float) -> str:
@@ -46,7 +61,7 @@ def markdown_table(rows: List[dict]) -> str:
             "APm", "APl", "AP per seed", "diverged", "paper AP", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        diverged = ", ".join(f"seed {s}" for s in r["diverged"]) or "no"
+        diverged = "; ".join(d for d in r.get("divergence", []) if d) or "no"
         cells = [r["name"], r["loss"], r["gamma"], r["alpha"], r["beta"], r["init"],
                  str(len(r["seeds"]))]
         cells += [_cell(r[m], r[m + "_std"]) for m in METRICS]

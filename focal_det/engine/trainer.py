@@ -24,7 +24,7 @@ from ..data.checks import FocalDatasetMapper, sanitize_boxes
 from ..data.resumable import PositionalDataset, PositionalSampler, SeededMapper
 from ..evaluation import FocalCOCOEvaluator
 from ..utils.ddp import cpu_ddp_support
-from . import preemption
+from . import grad_stats, preemption
 
 # Where checkpoints written before this module existed kept the RNG and EMA state.
 _LEGACY_HOOK_SUFFIX = "ResumeStateHook"
@@ -71,6 +71,12 @@ class Trainer(DefaultTrainer):
         if preemption.requested():  # e.g. the final evaluation after a signal
             raise preemption.Preempted()
         return super().test(cfg, model, evaluators)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        optimizer = super().build_optimizer(cfg, model)
+        grad_stats.install(optimizer, model, cfg)  # MODEL.FOCAL_DET.GRAD_STATS_ITERS > 0 only
+        return optimizer
 
     @classmethod
     def build_train_loader(cls, cfg, start_position: int = 0):

@@ -1,0 +1,163 @@
+"""The grids of ``tools/ablate.py``: one :class:`Entry` per configuration (a name, its folder, and
+the cfg options that define it), the built-in grids, and reading a grid from JSON.
+
+- ``paper``: Tables 1a, 1b, 3 and CE without the prior, on the shapes recipe;
+- ``letters``: the same on the letters recipe (``configs/builtin/retinanet_R18_letters.yaml``);
+- ``letters_paper``: the same configurations for the paper-faithful letters recipe
+  (``configs/builtin/retinanet_R18_letters_paper.yaml``: no clipping), plus the CPU analogue of
+  ``configs/retinanet_R50_FPN_CE_noprior_1x.yaml`` (Detectron2's warm-up, the EMA normalizer);
+- ``letters_stabilized``: the attribution arm, the faithful recipe with the built-in recipe's
+  stabilizers (BN in FPN and head, per-tensor clipping at 10, warm-up from 1/1000);
+- ``ohem``, ``gamma``, ``alpha``, ``star``: Table 1d and single-parameter sweeps.
+"""
+import json
+import os
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence
+
+from ..errors import FocalDetError
+
+
+class AblationError(FocalDetError, ValueError):
+    """A grid, budget or run that cannot go on; the message names it."""
+
+
+KEY = "MODEL.FOCAL_DET."
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One config of a grid: a name (its folder) and the cfg options that define it."""
+
+    name: str
+    loss: str
+    gamma: Optional[float] = None
+    alpha: Optional[float] = None
+    beta: Optional[float] = None
+    bias_init: str = "PriorProb"
+    extra: Sequence[str] = ()
+    # With ``tools/ablate.py --warmup scaled``: this entry's warm-up is this multiple of the
+    # base config's, scaled to the budget (e.g. 2: Detectron2's 1,000 of 90k, not the paper's 500).
+    warmup_scale: float = 1.0
+    paper_ap: Optional[str] = None  # the paper's number for the same setting (R-50, COCO)
+    note: str = ""
+
+    def opts(self) -> List[str]:
+        opts = [KEY + "CLS_LOSS.NAME", self.loss, KEY + "HEAD.BIAS_INIT", self.bias_init]
+        for key, value in (("GAMMA", self.gamma), ("ALPHA", self.alpha), ("BETA", self.beta)):
+            if value is not None:
+                opts += [KEY + "CLS_LOSS." + key, repr(float(value))]
+        return opts + list(self.extra)
+
+    def describe(self) -> Dict[str, str]:
+        def fmt(v):
+            return "" if v is None else f"{v:g}"
+
+        return {"loss": self.loss, "gamma": fmt(self.gamma), "alpha": fmt(self.alpha),
+                "beta": fmt(self.beta), "init": self.bias_init,
+                "note": self.note}
+
+
+NO_CLIP = ("SOLVER.CLIP_GRADIENTS.ENABLED", "False")
+
+# The paper's Table 1a (alpha-balanced CE), Table 1b (FL, best alpha per gamma), CE without the
+# prior initialization (Section 4.1: "diverges"), and Table 3 (FL*). Paper AP: R-50-FPN, 600 px,
+# COCO minival (../shared/PAPER.md).
+PAPER_GRID = [
+    Entry("ce_a0.25", "BalancedCrossEntropy", alpha=0.25, paper_ap="10.8"),
+    Entry("ce_a0.50", "BalancedCrossEntropy", alpha=0.50, paper_ap="30.2"),
+    Entry("ce_a0.75", "BalancedCrossEntropy", alpha=0.75, paper_ap="31.1"),
+    Entry("fl_g0_a0.75", "FocalLoss", gamma=0, alpha=0.75, paper_ap="31.1",
+          note="= CE a .75"),
+    Entry("fl_g0.5_a0.50", "FocalLoss", gamma=0.5, alpha=0.50, paper_ap="32.9"),
+    Entry("fl_g1_a0.25", "FocalLoss", gamma=1, alpha=0.25, paper_ap="33.7"),
+    Entry("fl_g2_a0.25", "FocalLoss", gamma=2, alpha=0.25, paper_ap="34.0"),
+    Entry("fl_g5_a0.25", "FocalLoss", gamma=5, alpha=0.25, paper_ap="32.2"),
+    Entry("ce_noprior", "CrossEntropy", bias_init="Zero", paper_ap="diverges",
+          note="recipe's grad clipping on"),
+    Entry("ce_noprior_noclip", "CrossEntropy", bias_init="Zero", extra=NO_CLIP,
+          paper_ap="diverges", note="no grad clipping"),
+    Entry("flstar_g2_b1", "FocalLossStar", gamma=2, beta=1, alpha=0.25, paper_ap="33.8"),
+    Entry("flstar_g4_b0", "FocalLossStar", gamma=4, beta=0, alpha=0.25, paper_ap="33.9"),
+]
+# The grid issue 17 asks for on the letters dataset: Table 1a, Table 1b (the paper's alpha per
+# gamma), Table 3's two FL* settings, and CE without the prior (with the recipe's clipping).
+LETTERS_GRID = [e for e in PAPER_GRID
+                if e.name not in ("fl_g0_a0.75", "ce_noprior_noclip")]
+# The paper's Table 1d arms (OHEM with CE on the chosen anchors; R-101 in the paper) beside
+# FL gamma 2: minibatch per image, NMS threshold, and the SSD-style 1:3 ratio.
+_OHEM = "MODEL.FOCAL_DET.SAMPLER."
+
+
+def _ohem(batch: int, nms: float, fraction: float = -1.0, paper_ap=None) -> Entry:
+    name = f"ohem{'_1to3' if fraction > 0 else ''}_{batch}_nms{nms:g}"
+    return Entry(name, "CrossEntropy", paper_ap=paper_ap, note="OHEM (Table 1d)",
+                 extra=(_OHEM + "NAME", "OHEM", _OHEM + "OHEM.BATCH_SIZE_PER_IMAGE", str(batch),
+                        _OHEM + "OHEM.NMS_THRESH", str(nms),
+                        _OHEM + "OHEM.POSITIVE_FRACTION", str(fraction)))
+
+
+OHEM_GRID = [_ohem(128, 0.5, paper_ap="32.8 (R-101)"), _ohem(512, 0.5), _ohem(128, 0.7),
+             _ohem(128, 0.5, 0.25), Entry("fl_g2_a0.25", "FocalLoss", gamma=2, alpha=0.25,
+                                          paper_ap="36.0 (R-101)")]
+
+GRIDS = {
+    "paper": PAPER_GRID,
+    "letters": LETTERS_GRID,
+    "gamma": [Entry(f"fl_g{g:g}_a{a:.2f}", "FocalLoss", gamma=g, alpha=a)
+              for g, a in ((0, 0.75), (0.5, 0.5), (1, 0.25), (2, 0.25), (5, 0.25))],
+    "alpha": [Entry(f"ce_a{a:.2f}", "BalancedCrossEntropy", alpha=a)
+              for a in (0.25, 0.5, 0.75, 0.9)],
+    "ohem": OHEM_GRID,
+    "star": [e for e in PAPER_GRID if e.loss == "FocalLossStar"]
+    + [Entry("fl_g2_a0.25", "FocalLoss", gamma=2, alpha=0.25)],
+}
+
+
+# The paper's recipe on the letters data: the letters grid, CE without the prior unclipped (the
+# recipe clips nothing), and the CPU analogue of the COCO config that promised NaN.
+LETTERS_PAPER_GRID = [
+    replace(e, note="no clipping (the paper's recipe)") if e.name == "ce_noprior" else e
+    for e in LETTERS_GRID
+] + [Entry("ce_noprior_d2_ema", "CrossEntropy", bias_init="Zero", warmup_scale=2.0,
+           extra=(KEY + "LOSS_NORMALIZER", "ema", "SOLVER.WARMUP_FACTOR", "0.001"),
+           paper_ap="diverges",
+           note="as configs/retinanet_R50_FPN_CE_noprior_1x.yaml: EMA normalizer, Detectron2's "
+                "warm-up (1/1000 over 1,000 of 90k)")]
+# The built-in recipe's stabilizers on top of the paper's (attribution arm, issue 21).
+STABILIZERS = ("MODEL.FPN.NORM", "BN", "MODEL.RETINANET.NORM", "BN",
+               "SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm",
+               "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "10.0", "SOLVER.WARMUP_FACTOR", "0.001",
+               "SOLVER.WARMUP_ITERS", "100")
+STABILIZED_GRID = [
+    replace(e, name=e.name + "_stab", extra=tuple(e.extra) + STABILIZERS,
+            note="+ BN in FPN and head, per-tensor clip 10, warm-up 1/1000 over 100")
+    for e in LETTERS_PAPER_GRID
+    if e.name in ("fl_g2_a0.25", "ce_a0.25", "ce_a0.50", "ce_a0.75", "ce_noprior")
+]
+GRIDS["letters_paper"] = LETTERS_PAPER_GRID
+GRIDS["letters_stabilized"] = STABILIZED_GRID
+
+
+def load_grid(spec: str) -> List[Entry]:
+    """A built-in grid name, or a JSON file: a list of {"name", "loss", "gamma", "alpha",
+    "beta", "bias_init", "extra": [cfg opts...], "paper_ap", "note"}."""
+    if spec in GRIDS:
+        return list(GRIDS[spec])
+    if not os.path.isfile(spec):
+        raise AblationError(f"--grid {spec!r}: not a built-in grid ({sorted(GRIDS)}) "
+                         "and not a JSON file")
+    with open(spec) as f:
+        rows = json.load(f)
+    entries = []
+    for i, row in enumerate(rows):
+        try:
+            entries.append(Entry(**{**row, "extra": tuple(row.get("extra", ()))}))
+        except TypeError as e:
+            raise AblationError(f"--grid {spec}: entry {i} ({row}) is invalid: {e}") from None
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise AblationError(f"--grid {spec}: run names must be unique, got {names}")
+    return entries
+
+
