@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""The verdict of the paper-faithful grid (docs/REPRODUCTION.md, Section 6) from the ablation
+outputs of the faithful grid and the attribution arm.
+
+    python tools/paper_verdict.py --faithful output/ablation_paper \\
+        --stabilized output/ablation_paper_stab --output output/paper_verdict
+    python tools/paper_verdict.py --faithful output/ablation_paper --print-best-ce
+
+Reads each folder's ablation.json (tools/ablate.py); writes OUTPUT/paper_verdict.{md,json}.
+"""
+import argparse
+import json
+import os
+import sys
+
+from focal_det import cli
+from focal_det.analysis import verdict as V
+
+
+def _rows(folder):
+    path = os.path.join(folder, "ablation.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} does not exist: run tools/ablate.py --output {folder} first")
+    with open(path) as f:
+        return json.load(f)["rows"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--faithful", required=True, help="tools/ablate.py output of --grid letters_paper")
+    p.add_argument("--stabilized", default=None,
+                   help="tools/ablate.py output of --grid letters_stabilized")
+    p.add_argument("--print-best-ce", action="store_true",
+                   help="print the best α-balanced CE's grid name and exit")
+    cli.add_output(p, default="output/paper_verdict")
+    args = p.parse_args(argv)
+    faithful = _rows(args.faithful)
+    if args.print_best_ce:
+        best = V.best_alpha_ce(faithful)
+        if best is None:
+            raise SystemExit(f"{args.faithful}: no α-balanced CE run has an AP")
+        print(best["name"])
+        return best["name"]
+    stabilized = _rows(args.stabilized) if args.stabilized else []
+    v = V.verdict(faithful, stabilized)
+    table = V.markdown(v, faithful)
+    command = cli.regenerate_command("tools/paper_verdict.py", argv)
+    cli.write_report(args.output, "paper_verdict", v, "FL against CE on the paper's recipe",
+                     command, table)
+    print(table)
+    return v
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

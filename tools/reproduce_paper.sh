@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# docs/REPRODUCTION.md, Section 6: the paper's recipe on the letters data, end to end (make
+# reproduce-paper). Every step resumes: finished runs are never repeated, interrupted ones
+# continue from their last checkpoint, so rerunning after a stop picks up where it was.
+#   1. the backbone (tools/pretrain_backbone.py), if OUTPUT/pretrain_R18_glyphs lacks it;
+#   2. the faithful grid (--grid letters_paper), seeds 0 and 1 side by side, one thread each;
+#   3. the attribution arm (--grid letters_stabilized): FL gamma 2, the best alpha-CE of step 2,
+#      CE without the prior, seeds 0 and 1;
+#   4. gradient norms and clipping over the first 100 iterations, CE against FL, both arms;
+#   5. the verdict table, and Figure 4 of the faithful FL gamma 2 model.
+set -euo pipefail
+PY=${PYTHON:-python}
+OUT=${OUT:-output}
+CFG=configs/builtin/retinanet_R18_letters_paper.yaml
+PRE=$OUT/pretrain_R18_glyphs
+FAITHFUL=$OUT/ablation_paper
+STAB=$OUT/ablation_paper_stab
+COMMON=(--config-file "$CFG" --iters 1000 --eval-points 4 --warmup scaled)
+OPTS=(MODEL.WEIGHTS "$PRE/backbone.pth" MODEL.FOCAL_DET.GRAD_STATS_ITERS 100)
+
+if [ ! -f "$PRE/backbone.pth" ]; then
+  $PY tools/pretrain_backbone.py --output "$PRE" --iters 3000 --eval-period 500 \
+    --log-period 50 --resume
+fi
+
+# Two seeds side by side (one thread each); both must succeed.
+both_seeds() {
+  local out=$1; shift
+  mkdir -p "$out"
+  OMP_NUM_THREADS=1 $PY tools/ablate.py "${COMMON[@]}" "$@" --seeds 0 --output "$out" \
+    "${OPTS[@]}" > "$out/seed0.log" 2>&1 & local p0=$!
+  OMP_NUM_THREADS=1 $PY tools/ablate.py "${COMMON[@]}" "$@" --seeds 1 --output "$out" \
+    "${OPTS[@]}" > "$out/seed1.log" 2>&1 & local p1=$!
+  local r0=0 r1=0
+  wait $p0 || r0=$?
+  wait $p1 || r1=$?
+  if [ $r0 != 0 ] || [ $r1 != 0 ]; then
+    echo "reproduce_paper: a grid failed (exit $r0, $r1); see $out/seed0.log, $out/seed1.log" >&2
+    tail -5 "$out/seed0.log" "$out/seed1.log" >&2
+    exit 1
+  fi
+  # One report over both seeds (reads the finished runs, trains nothing).
+  $PY tools/ablate.py "${COMMON[@]}" "$@" --seeds 0 1 --output "$out" "${OPTS[@]}"
+}
+
+both_seeds "$FAITHFUL" --grid letters_paper
+BEST=$($PY tools/paper_verdict.py --faithful "$FAITHFUL" --print-best-ce)
+echo "reproduce_paper: best alpha-CE of the faithful grid: $BEST"
+both_seeds "$STAB" --grid letters_stabilized --only fl_g2_a0.25_stab "${BEST}_stab" ce_noprior_stab
+
+runs=()
+for name in fl_g2_a0.25 "$BEST" ce_noprior; do
+  runs+=(--run "$name=$FAITHFUL/$name/seed0" --run "${name}_stab=$STAB/${name}_stab/seed0")
+done
+$PY tools/grad_stats.py "${runs[@]}" --output "$OUT/grad_stats_paper" \
+  --title "First 100 iterations, seed 0: the paper's recipe against + built-in stabilizers"
+$PY tools/paper_verdict.py --faithful "$FAITHFUL" --stabilized "$STAB" --output "$OUT/paper_verdict"
+$PY tools/loss_distribution.py --config-file "$CFG" \
+  --weights "$FAITHFUL/fl_g2_a0.25/seed0/model_final.pth" --output "$OUT/loss_distribution_paper"
