@@ -198,3 +198,14 @@ def test_coco_configs_say_which_recipe_they_follow():
     assert m.FPN.NORM == "" and m.RETINANET.NORM == "" and m.BACKBONE.FREEZE_AT == 2
     zoo = cli.load_yaml_config(os.path.join(CONFIGS, "retinanet_R50_FPN_1x.yaml"))
     assert zoo.MODEL.FOCAL_DET.LOSS_NORMALIZER == "ema" and zoo.SOLVER.WARMUP_FACTOR == 0.001
+
+
+def test_best_alpha_ce_among_diverged_is_the_one_that_lasted_longest():
+    from focal_det.analysis import verdict as V
+
+    rows = [_row("ce_a0.25", "BalancedCrossEntropy", [0.0, 0.0], diverged=(0, 1)),
+            _row("ce_a0.75", "BalancedCrossEntropy", [0.0, 0.0], diverged=(0, 1))]
+    rows[1]["divergence"] = ["seed 0 (NaN/inf at iteration 31)", "seed 1 (NaN/inf at iteration 34)"]
+    assert V.best_alpha_ce(rows)["name"] == "ce_a0.75"
+    rows[0]["AP"] = 0.1  # any AP above wins
+    assert V.best_alpha_ce(rows)["name"] == "ce_a0.25"

@@ -10,12 +10,22 @@ FL_NAME = "fl_g2_a0.25"
 STAB = "_stab"
 
 
+def _survival(r: dict) -> float:
+    """The mean iteration at which a config's seeds diverged (inf for a seed that did not)."""
+    its = [float(d.split("iteration ")[1].split(")")[0].split(",")[0]) if "iteration" in d
+           and "not recovered" not in d and "NaN" in d else math.inf
+           for d in r.get("divergence", [""])]
+    return sum(its) / len(its) if its else math.inf
+
+
 def best_alpha_ce(rows: List[dict]) -> Optional[dict]:
-    """The α-balanced CE row with the highest mean AP (ties: the first in grid order)."""
+    """The α-balanced CE row with the highest mean AP; among equal APs (e.g. all diverged, AP
+    0) the one whose seeds diverged latest on average; then the first in grid order."""
     best = None
     for r in rows:
-        if r["loss"] == ALPHA_CE and not math.isnan(r["AP"]) and (best is None
-                                                                    or r["AP"] > best["AP"]):
+        if r["loss"] != ALPHA_CE or math.isnan(r["AP"]):
+            continue
+        if best is None or (r["AP"], _survival(r)) > (best["AP"], _survival(best)):
             best = r
     return best
 
