@@ -85,6 +85,19 @@ def _first(items: List, n: int = 5) -> str:
     return ", ".join(map(str, items[:n])) + more
 
 
+def check_weights(key: str, path: str) -> None:
+    """A local weights file named by ``key`` (e.g. MODEL.WEIGHTS) exists; URLs and
+    ``detectron2://`` paths are left to Detectron2's downloader."""
+    if not path or "://" in path:
+        return
+    local = path.split("?", 1)[0]
+    if not os.path.isfile(local):
+        hint = (" (the paper-faithful configs load a backbone made by "
+                "tools/pretrain_backbone.py: run `make pretrain` first)"
+                if local.endswith("backbone.pth") else "")
+        raise MissingFileError(f"{key}={path!r} does not exist{hint}")
+
+
 def check_coco_json(name: str, json_file: str, image_root: str) -> None:
     coco = _read_json(name, json_file)
     known = {c.get("id") for c in coco["categories"]}

@@ -209,3 +209,16 @@ def test_best_alpha_ce_among_diverged_is_the_one_that_lasted_longest():
     assert V.best_alpha_ce(rows)["name"] == "ce_a0.75"
     rows[0]["AP"] = 0.1  # any AP above wins
     assert V.best_alpha_ce(rows)["name"] == "ce_a0.25"
+
+
+def test_missing_pretrained_backbone_is_named_before_any_work(tmp_path):
+    from focal_det.engine import run
+    from focal_det.preflight import MissingFileError
+
+    missing = str(tmp_path / "pre" / "backbone.pth")
+    args = run.get_parser().parse_args(["--config-file", PAPER, "MODEL.WEIGHTS", missing,
+                                        "OUTPUT_DIR", str(tmp_path / "out")])
+    with pytest.raises(MissingFileError, match=r"MODEL.WEIGHTS=.*backbone.pth' does not exist "
+                                               r"\(.*make pretrain"):
+        run.preflight(args)
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -20,7 +20,7 @@ from .. import cli
 from ..checkpoint import FocalCheckpointer
 from ..data import prepare_datasets
 from ..errors import FocalDetError
-from ..preflight import check_datasets, check_device
+from ..preflight import check_datasets, check_device, check_weights
 from . import launcher, lazy, preemption
 from .trainer import Trainer
 
@@ -61,6 +61,9 @@ def preflight(args) -> None:
     else:
         device = cfg.MODEL.DEVICE
         names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+        resuming = args.resume and os.path.exists(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+        if not resuming:  # a resumed run loads its own checkpoint instead
+            check_weights("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS)
     check_device(device, args.num_gpus)
     preemption.signal_names(args.preempt_signals)
     prepare_datasets(names)
