@@ -177,11 +177,14 @@ def test_verdict_rule():
     stab = [_row("fl_g2_a0.25_stab", "FocalLoss", [5.0, 6.0]),
             _row("ce_a0.75_stab", "BalancedCrossEntropy", [9.0, 9.5]),
             _row("ce_noprior_stab", "CrossEntropy", [14.0, 15.0])]
-    v = V.verdict(ce + [fl], stab)
+    parts = [_row("ce_a0.75_clip", "BalancedCrossEntropy", [7.0, 8.0])]
+    v = V.verdict(ce + [fl], stab, parts)
     assert v["stabilized_result"] == "loses"
     table = V.markdown(v, ce + [fl])
     assert "| ce_noprior | diverged (seed 0 (NaN/inf at iteration 3); seed 1 (NaN/inf at " \
-           "iteration 3)) | 14.5 ± 0.7 (14.0 / 15.0) |" in table
+           "iteration 3)) | not run | not run | not run | 14.5 ± 0.7 (14.0 / 15.0) |" in table
+    assert "| ce_a0.75 | 11.0 ± 1.4 (10.0 / 12.0) | not run | 7.5 ± 0.7 (7.0 / 8.0) | " \
+           "not run | 9.2 ± 0.4 (9.0 / 9.5) |" in table
 
 
 def test_coco_configs_say_which_recipe_they_follow():

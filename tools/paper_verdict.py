@@ -3,7 +3,8 @@
 outputs of the faithful grid and the attribution arm.
 
     python tools/paper_verdict.py --faithful output/ablation_paper \\
-        --stabilized output/ablation_paper_stab --output output/paper_verdict
+        --stabilized output/ablation_paper_stab --parts output/ablation_paper_parts \\
+        --output output/paper_verdict
     python tools/paper_verdict.py --faithful output/ablation_paper --print-best-ce
 
 Reads each folder's ablation.json (tools/ablate.py); writes OUTPUT/paper_verdict.{md,json}.
@@ -31,6 +32,8 @@ def main(argv=None):
     p.add_argument("--faithful", required=True, help="tools/ablate.py output of --grid letters_paper")
     p.add_argument("--stabilized", default=None,
                    help="tools/ablate.py output of --grid letters_stabilized")
+    p.add_argument("--parts", default=None,
+                   help="tools/ablate.py output of --grid letters_stabilizer_parts")
     p.add_argument("--print-best-ce", action="store_true",
                    help="print the best α-balanced CE's grid name and exit")
     cli.add_output(p, default="output/paper_verdict")
@@ -43,7 +46,8 @@ def main(argv=None):
         print(best["name"])
         return best["name"]
     stabilized = _rows(args.stabilized) if args.stabilized else []
-    v = V.verdict(faithful, stabilized)
+    parts = _rows(args.parts) if args.parts else []
+    v = V.verdict(faithful, stabilized, parts)
     table = V.markdown(v, faithful)
     command = cli.regenerate_command("tools/paper_verdict.py", argv)
     cli.write_report(args.output, "paper_verdict", v, "FL against CE on the paper's recipe",

@@ -6,6 +6,7 @@
 #   2. the faithful grid (--grid letters_paper), seeds 0 and 1 side by side, one thread each;
 #   3. the attribution arm (--grid letters_stabilized): FL gamma 2, the best alpha-CE of step 2,
 #      CE without the prior, seeds 0 and 1;
+#   3b. one stabilizer at a time (--grid letters_stabilizer_parts) for that alpha-CE, seeds 0, 1;
 #   4. gradient norms and clipping over the first 100 iterations, CE against FL, both arms;
 #   5. the verdict table, and Figure 4 of the faithful FL gamma 2 model.
 set -euo pipefail
@@ -15,6 +16,7 @@ CFG=configs/builtin/retinanet_R18_letters_paper.yaml
 PRE=$OUT/pretrain_R18_glyphs
 FAITHFUL=$OUT/ablation_paper
 STAB=$OUT/ablation_paper_stab
+PARTS=$OUT/ablation_paper_parts
 COMMON=(--config-file "$CFG" --iters 1000 --eval-points 4 --warmup scaled)
 OPTS=(MODEL.WEIGHTS "$PRE/backbone.pth" MODEL.FOCAL_DET.GRAD_STATS_ITERS 100)
 
@@ -47,6 +49,7 @@ both_seeds "$FAITHFUL" --grid letters_paper
 BEST=$($PY tools/paper_verdict.py --faithful "$FAITHFUL" --print-best-ce)
 echo "reproduce_paper: best alpha-CE of the faithful grid: $BEST"
 both_seeds "$STAB" --grid letters_stabilized --only fl_g2_a0.25_stab "${BEST}_stab" ce_noprior_stab
+both_seeds "$PARTS" --grid letters_stabilizer_parts --only "${BEST}_bn" "${BEST}_clip" "${BEST}_warmup"
 
 runs=()
 for name in fl_g2_a0.25 "$BEST" ce_noprior; do
@@ -54,6 +57,7 @@ for name in fl_g2_a0.25 "$BEST" ce_noprior; do
 done
 $PY tools/grad_stats.py "${runs[@]}" --output "$OUT/grad_stats_paper" \
   --title "First 100 iterations, seed 0: the paper's recipe against + built-in stabilizers"
-$PY tools/paper_verdict.py --faithful "$FAITHFUL" --stabilized "$STAB" --output "$OUT/paper_verdict"
+$PY tools/paper_verdict.py --faithful "$FAITHFUL" --stabilized "$STAB" --parts "$PARTS" \
+  --output "$OUT/paper_verdict"
 $PY tools/loss_distribution.py --config-file "$CFG" \
   --weights "$FAITHFUL/fl_g2_a0.25/seed0/model_final.pth" --output "$OUT/loss_distribution_paper"

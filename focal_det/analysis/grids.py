@@ -8,6 +8,7 @@ the cfg options that define it), the built-in grids, and reading a grid from JSO
   ``configs/retinanet_R50_FPN_CE_noprior_1x.yaml`` (Detectron2's warm-up, the EMA normalizer);
 - ``letters_stabilized``: the attribution arm, the faithful recipe with the built-in recipe's
   stabilizers (BN in FPN and head, per-tensor clipping at 10, warm-up from 1/1000);
+- ``letters_stabilizer_parts``: one stabilizer at a time (BN, clipping, warm-up);
 - ``ohem``, ``gamma``, ``alpha``, ``star``: Table 1d and single-parameter sweeps.
 """
 import json
@@ -135,8 +136,22 @@ STABILIZED_GRID = [
     for e in LETTERS_PAPER_GRID
     if e.name in ("fl_g2_a0.25", "ce_a0.25", "ce_a0.50", "ce_a0.75", "ce_noprior")
 ]
+# One stabilizer at a time, for the α-balanced CEs and FL γ 2 (added after the faithful grid's
+# α-CE runs diverged, before any stabilized run): which of the three lets a run train.
+PARTS = {"bn": ("MODEL.FPN.NORM", "BN", "MODEL.RETINANET.NORM", "BN"),
+         "clip": ("SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+                  "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "10.0"),
+         "warmup": ("SOLVER.WARMUP_FACTOR", "0.001", "SOLVER.WARMUP_ITERS", "100")}
+PARTS_NOTES = {"bn": "+ BN in FPN and head only", "clip": "+ per-tensor clip 10 only",
+               "warmup": "+ warm-up 1/1000 over 100 only"}
+STABILIZER_PARTS_GRID = [
+    replace(e, name=f"{e.name}_{part}", extra=tuple(e.extra) + opts, note=PARTS_NOTES[part])
+    for e in LETTERS_PAPER_GRID if e.name in ("fl_g2_a0.25", "ce_a0.25", "ce_a0.50", "ce_a0.75")
+    for part, opts in PARTS.items()
+]
 GRIDS["letters_paper"] = LETTERS_PAPER_GRID
 GRIDS["letters_stabilized"] = STABILIZED_GRID
+GRIDS["letters_stabilizer_parts"] = STABILIZER_PARTS_GRID
 
 
 def load_grid(spec: str) -> List[Entry]:

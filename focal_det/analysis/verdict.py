@@ -59,7 +59,10 @@ def _ap(r: Optional[dict]) -> str:
     return f"{r['AP']:.1f}{std} ({per_seed}){note}"
 
 
-def verdict(faithful: List[dict], stabilized: List[dict]) -> Dict:
+PARTS = ("bn", "clip", "warmup")
+
+
+def verdict(faithful: List[dict], stabilized: List[dict], parts: List[dict] = ()) -> Dict:
     by_name = {r["name"]: r for r in faithful}
     fl, ce = by_name.get(FL_NAME), best_alpha_ce(faithful)
     out = {"best_alpha_ce": ce["name"] if ce else None, "fl": FL_NAME}
@@ -67,8 +70,13 @@ def verdict(faithful: List[dict], stabilized: List[dict]) -> Dict:
         out.update(result=compare(fl, ce), settled=settled(fl, ce),
                    fl_minus_ce=fl["AP"] - ce["AP"])
     stab = {r["name"][:-len(STAB)]: r for r in stabilized if r["name"].endswith(STAB)}
-    out["attribution"] = [{"name": n, "faithful": _ap(by_name.get(n)), "stabilized": _ap(stab[n])}
-                          for n in stab]
+    part = {r["name"]: r for r in parts}
+    bases = list(stab) + [n.rsplit("_", 1)[0] for n in part
+                          if n.rsplit("_", 1)[0] not in stab and n.rsplit("_", 1)[1] in PARTS]
+    out["attribution"] = [
+        {"name": n, "faithful": _ap(by_name.get(n)),
+         **{p: _ap(part.get(f"{n}_{p}")) for p in PARTS}, "stabilized": _ap(stab.get(n))}
+        for n in dict.fromkeys(bases)]
     if fl and ce and FL_NAME in stab and ce["name"] in stab:
         s_fl, s_ce = stab[FL_NAME], stab[ce["name"]]
         out["stabilized_result"] = compare(s_fl, s_ce)
@@ -96,7 +104,8 @@ def markdown(v: Dict, faithful: List[dict]) -> str:
         lines.append(f"| {r['name']} | {r['loss']} | {r['gamma']} | {r['alpha']} | {r['beta']} "
                      f"| {r['init']} | {_ap(r)} | {r['paper_ap']} |")
     if v["attribution"]:
-        lines += ["", "| run | paper's recipe | + built-in stabilizers |", "|---|---|---|"]
-        lines += [f"| {a['name']} | {a['faithful']} | {a['stabilized']} |"
-                  for a in v["attribution"]]
+        lines += ["", "| run | paper's recipe | + BN in FPN and head | + clip 10 | + warm-up "
+                  "1/1000 over 100 | + all three (built-in stabilizers) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {a['name']} | {a['faithful']} | {a['bn']} | {a['clip']} | {a['warmup']} "
+                  f"| {a['stabilized']} |" for a in v["attribution"]]
     return "\n".join(lines) + "\n"
