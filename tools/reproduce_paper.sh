@@ -8,7 +8,8 @@
 #      CE without the prior, seeds 0 and 1;
 #   3b. one stabilizer at a time (--grid letters_stabilizer_parts) for that alpha-CE, seeds 0, 1;
 #   4. gradient norms and clipping over the first 100 iterations, CE against FL, both arms;
-#   5. the verdict table, and Figure 4 of the faithful FL gamma 2 model.
+#   5. the verdict table, and Figure 4 of the faithful FL gamma 2 model;
+#   6. the width departure's effect on the first gradients (64 channels here, 256 in the paper).
 set -euo pipefail
 PY=${PYTHON:-python}
 OUT=${OUT:-output}
@@ -61,3 +62,21 @@ $PY tools/paper_verdict.py --faithful "$FAITHFUL" --stabilized "$STAB" --parts "
   --output "$OUT/paper_verdict"
 $PY tools/loss_distribution.py --config-file "$CFG" \
   --weights "$FAITHFUL/fl_g2_a0.25/seed0/model_final.pth" --output "$OUT/loss_distribution_paper"
+
+# 6. Head width 64 (ours) against 256 (the paper): gradient norms of the first 3 iterations.
+probe=()
+mkdir -p "$OUT/width_probe"
+for w in 64 256; do
+  for loss in "FocalLoss 2.0 0.25" "BalancedCrossEntropy 2.0 0.75"; do
+    set -- $loss
+    dir="$OUT/width_probe/w${w}_$1"
+    [ -f "$dir/grad_stats.jsonl" ] || OMP_NUM_THREADS=1 $PY train_net.py --config-file "$CFG" \
+      --vis-images -1 MODEL.WEIGHTS "$PRE/backbone.pth" MODEL.FPN.OUT_CHANNELS $w \
+      MODEL.FOCAL_DET.CLS_LOSS.NAME $1 MODEL.FOCAL_DET.CLS_LOSS.GAMMA $2 \
+      MODEL.FOCAL_DET.CLS_LOSS.ALPHA $3 MODEL.FOCAL_DET.GRAD_STATS_ITERS 3 SOLVER.MAX_ITER 3 \
+      TEST.EVAL_PERIOD 0 "DATASETS.TEST" "()" SEED 0 OUTPUT_DIR "$dir" > "$dir.log" 2>&1
+    probe+=(--run "w${w}_$1=$dir")
+  done
+done
+$PY tools/grad_stats.py "${probe[@]}" --output "$OUT/width_probe/report" \
+  --title "Iterations 0-2: head and FPN width 64 (ours) against 256 (the paper)"

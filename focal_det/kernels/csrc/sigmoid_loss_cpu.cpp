@@ -199,7 +199,14 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_loss(
   if (!elementwise) {
     double total = 0.0;
     for (double s : block_sums) total += s;  // fixed order: deterministic
-    loss.fill_(total * scale);
+    double value = total * scale;
+    // A sum beyond float's range is inf, as torch's own float sum is (a diverging run must reach
+    // Detectron2's NaN/inf check, not fail in the Scalar -> float conversion).
+    if (cdtype == at::kFloat && std::isfinite(value) &&
+        std::abs(value) > static_cast<double>(std::numeric_limits<float>::max())) {
+      value = std::copysign(std::numeric_limits<double>::infinity(), value);
+    }
+    loss.fill_(value);
   }
   return {loss, grad};
 }
