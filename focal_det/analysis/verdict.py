@@ -39,9 +39,18 @@ def compare(fl: dict, ce: dict) -> str:
     return "within"
 
 
+def _curve(r: dict, at) -> Dict[int, float]:
+    """Mean AP per evaluated iteration; a config whose every seed diverged is 0 everywhere (a
+    diverged run does not come back)."""
+    if r["diverged"] and len(r["diverged"]) == len(r["seeds"]) and not r["ap_curve"]:
+        return {i: 0.0 for i in at}
+    return {c[0]: c[1] for c in r["ap_curve"]}
+
+
 def settled(fl: dict, ce: dict) -> Optional[bool]:
     """Same order of the mean AP at the last two evaluation points (None: fewer than two)."""
-    a, b = {c[0]: c[1] for c in fl["ap_curve"]}, {c[0]: c[1] for c in ce["ap_curve"]}
+    at = [c[0] for c in fl["ap_curve"] or ce["ap_curve"]]
+    a, b = _curve(fl, at), _curve(ce, at)
     its = sorted(set(a) & set(b))
     if len(its) < 2:
         return None
@@ -89,7 +98,7 @@ def sentence(v: Dict) -> str:
         return "No verdict: FL γ 2 or every α-balanced CE run is missing."
     words = {"beats": "beats", "loses": "loses to", "within": "is within the seed spread of"}
     gap = f"{v['fl_minus_ce']:+.1f} AP"
-    order = {True: "the order is the same at the last two evaluations",
+    order = {True: "the order is the same at the last two evaluations (a diverged run counts 0)",
              False: "the order changed between the last two evaluations (not settled)",
              None: "one evaluation only"}[v["settled"]]
     spread = "" if v["result"] == "within" else " beyond the seed spread"
