@@ -7,8 +7,9 @@
 #   3. the attribution arm (--grid letters_stabilized): FL gamma 2, the best alpha-CE of step 2,
 #      CE without the prior, seeds 0 and 1;
 #   3b. one stabilizer at a time (--grid letters_stabilizer_parts) for that alpha-CE, seeds 0, 1;
+#   3c. FL gamma 2 and that alpha-CE at 3,000 iterations (seed 0);
 #   4. gradient norms and clipping over the first 100 iterations, CE against FL, both arms;
-#   5. the verdict table, and Figure 4 of the faithful FL gamma 2 model;
+#   5. the verdict table, and Figure 4 of the 3,000-iteration FL gamma 2 model;
 #   6. the width departure's effect on the first gradients (64 channels here, 256 in the paper).
 set -euo pipefail
 PY=${PYTHON:-python}
@@ -52,16 +53,27 @@ echo "reproduce_paper: best alpha-CE of the faithful grid: $BEST"
 both_seeds "$STAB" --grid letters_stabilized --only fl_g2_a0.25_stab "${BEST}_stab" ce_noprior_stab
 both_seeds "$PARTS" --grid letters_stabilizer_parts --only "${BEST}_bn" "${BEST}_clip" "${BEST}_warmup"
 
-runs=()
-for name in fl_g2_a0.25 "$BEST" ce_noprior; do
-  runs+=(--run "$name=$FAITHFUL/$name/seed0" --run "${name}_stab=$STAB/${name}_stab/seed0")
+# 3c. A 3x budget for FL gamma 2 and that alpha-CE (seed 0): does FL learn at all?
+OMP_NUM_THREADS=1 $PY tools/ablate.py --config-file "$CFG" --iters 3000 --eval-points 6 \
+  --warmup scaled --grid letters_paper --only "$BEST" fl_g2_a0.25 --seeds 0 \
+  --output "$OUT/ablation_paper_3000" MODEL.WEIGHTS "$PRE/backbone.pth"
+
+runs=(--run "FL γ2=$FAITHFUL/fl_g2_a0.25/seed0"
+      --run "FL γ2 + stabilizers=$STAB/fl_g2_a0.25_stab/seed0"
+      --run "CE ${BEST#ce_}=$FAITHFUL/$BEST/seed0")
+for part in clip bn warmup; do
+  runs+=(--run "CE ${BEST#ce_} + $part=$PARTS/${BEST}_$part/seed0")
 done
+runs+=(--run "CE ${BEST#ce_} + stabilizers=$STAB/${BEST}_stab/seed0"
+       --run "CE no prior=$FAITHFUL/ce_noprior/seed0"
+       --run "CE no prior + stabilizers=$STAB/ce_noprior_stab/seed0")
 $PY tools/grad_stats.py "${runs[@]}" --output "$OUT/grad_stats_paper" \
-  --title "First 100 iterations, seed 0: the paper's recipe against + built-in stabilizers"
+  --title "First 100 iterations, seed 0: the paper's recipe and the stabilizers"
 $PY tools/paper_verdict.py --faithful "$FAITHFUL" --stabilized "$STAB" --parts "$PARTS" \
   --output "$OUT/paper_verdict"
 $PY tools/loss_distribution.py --config-file "$CFG" \
-  --weights "$FAITHFUL/fl_g2_a0.25/seed0/model_final.pth" --output "$OUT/loss_distribution_paper"
+  --weights "$OUT/ablation_paper_3000/fl_g2_a0.25/seed0/model_final.pth" \
+  --output "$OUT/loss_distribution_paper_3000"
 
 # 6. Head width 64 (ours) against 256 (the paper): gradient norms of the first 3 iterations.
 probe=()
