@@ -70,7 +70,7 @@ pretrain: $(STAMP)
 		--eval-period 500 --log-period 50 --resume
 
 # docs/REPRODUCTION.md Section 6: backbone, faithful grid, attribution arm, gradient norms,
-# verdict and Figure 4 (~2 h on 2 cores after the backbone; resumes where it stopped).
+# verdict and Figure 4 (~2.5 h on 2 cores after the backbone; resumes where it stopped).
 reproduce-paper: $(STAMP)
 	PYTHON=$(PY) bash tools/reproduce_paper.sh
 
