@@ -153,7 +153,8 @@ def _row(name, loss, aps, curve=(), diverged=()):
             "AP": mean, "AP_std": std, "ap_curve": [list(c) for c in curve],
             "diverged": list(diverged),
             "divergence": [f"seed {s} (NaN/inf at iteration 3)" if s in diverged else ""
-                           for s in range(len(aps))]}
+                           for s in range(len(aps))],
+            "diverged_at": [3 if s in diverged else None for s in range(len(aps))]}
 
 
 def test_verdict_rule():
@@ -209,6 +210,7 @@ def test_best_alpha_ce_among_diverged_is_the_one_that_lasted_longest():
     rows = [_row("ce_a0.25", "BalancedCrossEntropy", [0.0, 0.0], diverged=(0, 1)),
             _row("ce_a0.75", "BalancedCrossEntropy", [0.0, 0.0], diverged=(0, 1))]
     rows[1]["divergence"] = ["seed 0 (NaN/inf at iteration 31)", "seed 1 (NaN/inf at iteration 34)"]
+    rows[1]["diverged_at"] = [31, 34]
     assert V.best_alpha_ce(rows)["name"] == "ce_a0.75"
     rows[0]["AP"] = 0.1  # any AP above wins
     assert V.best_alpha_ce(rows)["name"] == "ce_a0.25"

@@ -27,6 +27,7 @@ def summarize(grid, results: List[dict]) -> List[dict]:
                "seeds": [r["seed"] for r in runs],
                "diverged": [r["seed"] for r in runs if r["status"] in ("diverged", "exploded")],
                "divergence": [_divergence(r) for r in runs],
+               "diverged_at": [r.get("diverged_at") for r in runs],
                "AP_per_seed": [r["AP"] for r in runs]}
         for m in METRICS:
             row[m], row[m + "_std"] = _mean_std([r[m] for r in runs])

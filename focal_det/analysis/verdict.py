@@ -11,11 +11,10 @@ STAB = "_stab"
 
 
 def _survival(r: dict) -> float:
-    """The mean iteration at which a config's seeds diverged (inf for a seed that did not)."""
-    its = [float(d.split("iteration ")[1].split(")")[0].split(",")[0]) if "iteration" in d
-           and "not recovered" not in d and "NaN" in d else math.inf
-           for d in r.get("divergence", [""])]
-    return sum(its) / len(its) if its else math.inf
+    """The mean iteration at which a config's seeds turned NaN/inf (inf for a seed that did
+    not)."""
+    its = [math.inf if i is None else float(i) for i in r.get("diverged_at") or [None]]
+    return sum(its) / len(its)
 
 
 def best_alpha_ce(rows: List[dict]) -> Optional[dict]:

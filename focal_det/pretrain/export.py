@@ -72,12 +72,9 @@ def check_detector_loads(det_cfg, path: str) -> dict:
     if wrong:
         raise BackboneExportError(f"{path}: the detector's {wrong[:5]} differ from the file "
                                   f"after loading ({len(wrong)} tensors)")
-    bottom_up = model.backbone.bottom_up
-    norms = [n for n, m in bottom_up.named_modules()
-             if "norm" in n.split(".")[-1] or isinstance(m, (torch.nn.BatchNorm2d,
-                                                             FrozenBatchNorm2d))]
-    unfrozen = [n for n in norms if not isinstance(dict(bottom_up.named_modules())[n],
-                                                   FrozenBatchNorm2d)]
+    # Detectron2's convs keep their norm as ``<conv>.norm``.
+    norms = {n: m for n, m in model.backbone.bottom_up.named_modules() if n.endswith("norm")}
+    unfrozen = sorted(n for n, m in norms.items() if not isinstance(m, FrozenBatchNorm2d))
     if cfg.MODEL.RESNETS.NORM == "FrozenBN" and unfrozen:
         raise BackboneExportError(f"norm layers {unfrozen[:5]} of the bottom-up are not "
                                   "FrozenBatchNorm2d under MODEL.RESNETS.NORM FrozenBN")

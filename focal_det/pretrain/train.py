@@ -11,13 +11,14 @@ Optimization: SGD with momentum, linear warm-up, cosine decay to zero, weight de
 entropy. A signal (SIGTERM, SIGUSR1) stops at the end of the iteration with a checkpoint and
 exit code 75; ``--resume`` continues exactly.
 """
+import itertools
 import json
 import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 import torch
@@ -96,17 +97,15 @@ def evaluate(model: Classifier, source, batch_size: int = 256) -> float:
     was_training = model.training
     model.eval()
     correct = total = 0
-    images, labels = [], []
+    items = iter(source.val_items())
     with torch.no_grad():
-        for img, label in list(source.val_items()) + [(None, None)]:
-            if img is not None:
-                images.append(img)
-                labels.append(label)
-            if images and (len(images) == batch_size or img is None):
-                pred = model(_to_tensor(images)).argmax(1)
-                correct += int((pred == torch.tensor(labels)).sum())
-                total += len(labels)
-                images, labels = [], []
+        while True:
+            batch = list(itertools.islice(items, batch_size))
+            if not batch:
+                break
+            pred = model(_to_tensor([img for img, _ in batch])).argmax(1)
+            correct += int((pred == torch.tensor([label for _, label in batch])).sum())
+            total += len(batch)
     model.train(was_training)
     return 100.0 * correct / max(1, total)
 
@@ -212,7 +211,7 @@ def _diff(old: dict, new: dict, prefix: str = "") -> str:
     return "; ".join(out)
 
 
-def load_classifier(det_cfg, output: str, num_classes: int) -> Optional[Classifier]:
+def load_classifier(det_cfg, output: str, num_classes: int) -> Classifier:
     state = torch.load(os.path.join(output, CHECKPOINT), map_location="cpu", weights_only=True)
     model = Classifier(backbone_cfg(det_cfg), num_classes)
     model.load_state_dict(state["model"])
