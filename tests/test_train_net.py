@@ -12,9 +12,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.utils.events import get_event_storage
 
-import demo
 import focal_det
-from focal_det import engine
+from focal_det import demo, engine
 from focal_det.data import CLASSES, ShapesSpec, ensure_generated
 from tests.common import CONFIGS
 
