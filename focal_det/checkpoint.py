@@ -1,32 +1,42 @@
 """Checkpoints that cannot be half-written and cannot run code when loaded.
 
-``FocalCheckpointer`` is Detectron2's ``DetectionCheckpointer`` with two seams changed:
+``FocalCheckpointer`` is Detectron2's ``DetectionCheckpointer`` with these seams changed, and
+nothing else (saving, ``last_checkpoint``, resuming, name matching are fvcore's and
+Detectron2's own):
 
-- writing: each checkpoint and ``last_checkpoint`` go to a temporary file in the same folder,
-  are flushed and fsync'ed, then renamed over the target (atomic on POSIX), so a process killed
-  at any instant leaves the previous checkpoint loadable and ``last_checkpoint`` pointing to a
-  complete file;
-- reading: ``.pth`` files load with ``torch.load(..., weights_only=True)``; Detectron2 ``.pkl``
-  files (pickled dicts of numpy arrays) load through an unpickler that only allows what such
-  files contain. A pickle that would import anything else is refused with
+- writing: the checkpointer's ``path_manager`` opens local files for writing with
+  :func:`focal_det.utils.files.atomic_open` (written aside, fsync'ed, renamed over the target),
+  so fvcore's own ``save`` and ``tag_last_checkpoint`` can be killed at any instant and leave
+  the previous checkpoint loadable and ``last_checkpoint`` naming a complete file;
+- reading (``_load_file``): the formats Detectron2 reads, each without running code. ``.pth``
+  (and any other torch file) loads with ``torch.load(..., weights_only=True)``; Detectron2 and
+  Caffe2/Detectron ``.pkl`` files (pickled dicts of numpy arrays) through an unpickler that
+  only allows what such files contain; pycls ``.pyth`` files (``{"model_state": ...}``) with
+  ``weights_only=True`` as well. A file that would import anything else is refused with
   :class:`UnsafeCheckpointError` naming the file and the refused global;
-- paths: a query after the file name, as Detectron2 main accepts (``model.pth?matching_heuristics=True``
-  loads by name-matching heuristics), works on every Detectron2 version, and an unknown query
-  is an error before anything is read.
+- paths (``load``): a query after the file name, as Detectron2 main accepts
+  (``model.pth?matching_heuristics=True`` loads by name-matching heuristics), works on every
+  Detectron2 version, and an unknown query is an error before anything is read;
+- the model's word: a model with a ``checkpoint_hook()`` method returns an object with
+  ``checkpoint_metadata() -> dict`` (saved with the weights) and
+  ``check_checkpoint(checkpoint, *, source, same_classes)`` (raises to refuse weights it cannot
+  use; ``same_classes`` is the checkpointer's ``require_same_classes``). The checkpointer knows
+  nothing else of the model (focal_det's RetinaNet: :mod:`focal_det.modeling.class_head`).
 """
+import contextvars
 import os
 import pickle
 import re
 import zipfile
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .errors import FocalDetError
-from .utils.files import atomic_write  # noqa: F401  (also this module's API)
+from .errors import ClassCountMismatchError, FocalDetError  # noqa: F401  (also this API)
+from .utils.files import atomic_open, atomic_write  # noqa: F401  (also this module's API)
 
 
 class UnsafeCheckpointError(FocalDetError, pickle.UnpicklingError):
@@ -35,10 +45,6 @@ class UnsafeCheckpointError(FocalDetError, pickle.UnpicklingError):
 
 class NotACheckpointError(FocalDetError, ValueError):
     """The file is not a checkpoint at all (e.g. a text file named .pth)."""
-
-
-class ClassCountMismatchError(FocalDetError, ValueError):
-    """Weights trained for another number of classes, where they would be used as they are."""
 
 
 def _refused_global(message: str) -> str:
@@ -90,6 +96,33 @@ def load_pkl_safely(path: str) -> dict:
     return data
 
 
+def load_torch_safely(path: str, name: str = "") -> dict:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that is no checkpoint, or that
+    holds more than tensors and plain containers, is refused naming ``name`` (default path)."""
+    name = name or path
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise NotACheckpointError(
+            f"{name}: not a checkpoint (neither torch.save's zip format nor a pickle; "
+            f"it starts with {head!r})")
+    try:
+        loaded = torch.load(path, map_location=torch.device("cpu"), weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{name}: refusing to load, {_refused_global(str(e))}, which a weights file never "
+            "contains; it may run code. focal_det loads only tensors and plain containers "
+            "from .pth files."
+        ) from None
+    except Exception as e:  # a truncated or corrupted file
+        raise NotACheckpointError(
+            f"{name}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(loaded, dict):
+        raise NotACheckpointError(f"{name}: expected a dict of weights, got "
+                                  f"{type(loaded).__name__}")
+    return loaded
+
+
 QUERIES = {"matching_heuristics": ("True", "False")}
 
 
@@ -110,72 +143,53 @@ def split_query(path: str):
     return parsed._replace(query="").geturl(), {k: v[0] for k, v in queries.items()}
 
 
+class _Load(NamedTuple):
+    path: str = ""
+    matching_heuristics: bool = False
+
+
+# What one load() call asked for, seen by the _load_file and _load_model it makes (set and
+# reset around that call: nothing of one load is left on the checkpointer for the next).
+_CURRENT_LOAD: contextvars.ContextVar = contextvars.ContextVar("focal_det_load", default=_Load())
+
+
+class _AtomicWrites:
+    """A path manager whose ``open`` for writing a local file is :func:`atomic_open`;
+    everything else goes to the path manager it wraps."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def open(self, path: str, mode: str = "r", **kwargs):
+        if mode in ("w", "wb") and "://" not in path:
+            return atomic_open(path, mode)
+        return self._inner.open(path, mode, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
 class FocalCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with atomic saves and code-free loading (see module docstring).
 
-    ``require_same_classes=True`` (evaluation, prediction) refuses weights whose class conv
-    was trained for another number of classes, naming both, instead of Detectron2's shape
-    warning and a randomly initialized classifier; training keeps the warning (fine-tuning)."""
-
-    _focal_queries: Optional[Dict[str, str]] = None
-    _focal_path: str = ""
+    ``require_same_classes=True`` (evaluation, prediction) asks the model's checkpoint hook to
+    refuse weights trained for another number of classes (naming both) instead of Detectron2's
+    shape warning and a randomly initialized classifier; training keeps the warning
+    (fine-tuning)."""
 
     def __init__(self, model, save_dir="", *, require_same_classes: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.require_same_classes = require_same_classes
+        self.path_manager = _AtomicWrites(self.path_manager)
 
-    def _load_model(self, checkpoint):
-        self._check_head_kind(checkpoint)
-        if self.require_same_classes:
-            self._check_class_head(checkpoint["model"])
-        return super()._load_model(checkpoint)
+    def _model_hook(self):
+        make = getattr(self.model, "checkpoint_hook", None)
+        return make() if callable(make) else None
 
-    def _check_head_kind(self, checkpoint) -> None:
-        """A sigmoid class head (K logits per anchor) never loads into a softmax model (K + 1,
-        background last), nor the reverse, in training either: the shapes can even agree (K + 1
-        sigmoid classes), the meaning never does. Our checkpoints say which they are
-        (``focal_det_head``); others are sigmoid RetinaNets (Detectron2's)."""
-        model = getattr(self.model, "module", self.model)
-        own_logits, k = getattr(model, "num_logits", None), getattr(model, "num_classes", None)
-        key = "head.cls_score.weight"
-        theirs = checkpoint.get("model", {}).get(key)
-        if own_logits is None or theirs is None:
-            return
-        own = model.state_dict()[key]
-        meta = checkpoint.get("focal_det_head")
-        own_softmax = own_logits != k
-        if meta is not None:
-            their_softmax = meta["num_logits"] != meta["num_classes"]
-        else:
-            their_softmax = False  # Detectron2's RetinaNet and our older checkpoints: sigmoid
-            if not own_softmax or tuple(theirs.shape) != (own.shape[0] // own_logits * k,
-                                                          *own.shape[1:]):
-                return  # another class count: the class-count checks and warnings apply
-        if own_softmax != their_softmax:
-            kind = {True: "softmax (K + 1 logits per anchor, background last)",
-                    False: "sigmoid (K logits per anchor)"}
-            raise ClassCountMismatchError(
-                f"{self._focal_path}: its class head {tuple(theirs.shape)} is {kind[their_softmax]}"
-                f", but this model's {tuple(own.shape)} is {kind[own_softmax]} "
-                f"(MODEL.FOCAL_DET.CLS_LOSS.NAME {type(model.cls_loss).__name__}); one cannot "
-                "be loaded into the other. Use the loss the weights were trained with.")
-
-    def _check_class_head(self, weights) -> None:
-        model = getattr(self.model, "module", self.model)
-        key = "head.cls_score.weight"
-        own, theirs = model.state_dict().get(key), weights.get(key)
-        num_classes = getattr(model, "num_classes", None)
-        if own is None or theirs is None or not num_classes or theirs.shape == own.shape:
-            return  # other layouts (e.g. Caffe2 names) go through matching heuristics
-        anchors = own.shape[0] // num_classes
-        theirs_classes = theirs.shape[0] / anchors
-        named = (f"{int(theirs_classes)} classes" if theirs_classes.is_integer()
-                 else f"{theirs.shape[0]} outputs, not a multiple of {anchors} anchors")
-        raise ClassCountMismatchError(
-            f"{self._focal_path}: its class conv was trained for {named}, but "
-            f"MODEL.RETINANET.NUM_CLASSES is {num_classes}. Evaluating it would use a randomly "
-            "initialized classifier. Set MODEL.RETINANET.NUM_CLASSES to match the weights "
-            "(fine-tuning from them in training is allowed).")
+    def save(self, name: str, **kwargs) -> None:
+        hook = self._model_hook()
+        extra = hook.checkpoint_metadata() if hook is not None else {}
+        super().save(name, **{**extra, **kwargs})
 
     def load(self, path, *args, **kwargs):
         # Detectron2 main parses the query in its own load() and applies it in _load_file,
@@ -184,63 +198,42 @@ class FocalCheckpointer(DetectionCheckpointer):
         queries = {}
         if path:
             path, queries = split_query(path)
-        self._focal_queries, self._focal_path = queries, path
+        token = _CURRENT_LOAD.set(_Load(path or "", queries.get("matching_heuristics") == "True"))
         try:
             return super().load(path, *args, **kwargs)
         finally:
-            self._focal_queries = None
+            _CURRENT_LOAD.reset(token)
 
-    def save(self, name: str, **kwargs) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        model = getattr(self.model, "module", self.model)
-        if hasattr(model, "num_logits"):  # which class head these weights belong to
-            data["focal_det_head"] = {"num_classes": int(model.num_classes),
-                                      "num_logits": int(model.num_logits)}
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
-        self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+    def _load_model(self, checkpoint):
+        hook = self._model_hook()
+        if hook is not None:
+            hook.check_checkpoint(checkpoint, source=_CURRENT_LOAD.get().path or "checkpoint",
+                                  same_classes=self.require_same_classes)
+        return super()._load_model(checkpoint)
 
     def _load_file(self, filename: str):
+        """Detectron2's ``_load_file`` (its formats, its conversions), reading safely."""
         local = self.path_manager.get_local_path(filename)
         if filename.endswith(".pkl"):
             data = load_pkl_safely(local)
-            if "model" in data and "__author__" in data:
+            if "model" in data and "__author__" in data:  # Detectron2 model zoo format
+                self.logger.info(f"Reading a file from '{data['__author__']}'")
                 return data
-            if "blobs" in data:  # Detectron (v1) / Caffe2 detection models
+            if "blobs" in data:  # Caffe2 / Detectron (v1) detection models
                 data = data["blobs"]
             data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
             return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
-        with open(local, "rb") as f:
-            head = f.read(2)
-        if not zipfile.is_zipfile(local) and head[:1] != b"\x80":
-            raise NotACheckpointError(
-                f"{filename}: not a checkpoint (neither torch.save's zip format nor a pickle; "
-                f"it starts with {head!r})")
-        try:
-            loaded = torch.load(local, map_location=torch.device("cpu"), weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise UnsafeCheckpointError(
-                f"{filename}: refusing to load, {_refused_global(str(e))}, which a weights "
-                "file never contains; it may run code. focal_det loads only tensors and plain "
-                "containers from .pth files."
-            ) from None
-        except Exception as e:  # a truncated or corrupted file
-            raise NotACheckpointError(
-                f"{filename}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        loaded = load_torch_safely(local, filename)
+        if filename.endswith(".pyth"):  # pycls; no one else seems to use ".pyth"
+            if not isinstance(loaded.get("model_state"), dict):
+                raise NotACheckpointError(f"{filename}: a .pyth file is read as pycls "
+                                          "checkpoint, which must hold 'model_state'")
+            state = {k: v for k, v in loaded["model_state"].items()
+                     if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         if "model" not in loaded:
             loaded = {"model": loaded}
-        if (self._focal_queries or {}).get("matching_heuristics") == "True":
+        if _CURRENT_LOAD.get().matching_heuristics:
             loaded["matching_heuristics"] = True
         return loaded
 

@@ -150,3 +150,60 @@ def test_unknown_or_bad_query_is_refused_before_reading(tmp_path, query, match):
     missing = str(tmp_path / "does_not_exist.pth")  # not read: the query fails first
     with pytest.raises(ValueError, match=match):
         FocalCheckpointer(model).load(f"{missing}?{query}")
+
+
+def test_pycls_pyth_loads_as_detectron2_loads_it_and_safely(tmp_path):
+    """A pycls checkpoint ({"model_state": ...}, Detectron2 reads .pyth as pycls) loads by name
+    matching; one holding code is refused like any other file."""
+    cfg = get_tiny_cfg()
+    torch.manual_seed(3)
+    src = build_model(cfg)
+    path = tmp_path / "pycls.pyth"
+    torch.save({"model_state": src.state_dict(), "epoch": 7, "cfg": "MODEL:\n  TYPE: resnet\n"},
+               path)
+    torch.manual_seed(4)
+    dst = build_model(cfg)
+    checkpointer = FocalCheckpointer(dst)
+    before = dict(vars(checkpointer))
+    extra = checkpointer.load(str(path))
+    assert extra["__author__"] == "pycls"
+    for k, v in src.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, dst.state_dict()[k]), k
+    assert vars(checkpointer) == before  # nothing of this load is kept for the next
+
+    torch.save({"weights": src.state_dict()}, tmp_path / "not_pycls.pyth")
+    with pytest.raises(ValueError, match="model_state"):
+        FocalCheckpointer(build_model(cfg)).load(str(tmp_path / "not_pycls.pyth"))
+    marker = tmp_path / "pwned"
+    torch.save({"model_state": {"w": _Evil(str(marker))}}, tmp_path / "evil.pyth")
+    with pytest.raises(UnsafeCheckpointError, match="evil.pyth"):
+        FocalCheckpointer(build_model(cfg)).load(str(tmp_path / "evil.pyth"))
+    assert not marker.exists()
+
+
+def test_the_model_hook_is_all_the_checkpointer_knows_of_the_model(tmp_path):
+    """A model without a checkpoint hook saves and loads plain weights; one with a hook has its
+    metadata saved and its check run on load."""
+    plain = torch.nn.Linear(3, 2)
+    FocalCheckpointer(plain, str(tmp_path)).save("plain")
+    assert set(torch.load(tmp_path / "plain.pth", weights_only=True)) == {"model"}
+
+    class Hooked(torch.nn.Linear):
+        def checkpoint_hook(self):
+            return self
+
+        def checkpoint_metadata(self):
+            return {"layout": {"outputs": self.out_features}}
+
+        def check_checkpoint(self, checkpoint, *, source, same_classes):
+            if same_classes and checkpoint["layout"]["outputs"] != self.out_features:
+                raise ValueError(f"{source}: other outputs")
+
+    FocalCheckpointer(Hooked(3, 2), str(tmp_path)).save("hooked", iteration=1)
+    saved = torch.load(tmp_path / "hooked.pth", weights_only=True)
+    assert saved["layout"] == {"outputs": 2} and saved["iteration"] == 1
+    FocalCheckpointer(Hooked(3, 2), require_same_classes=True).load(str(tmp_path / "hooked.pth"))
+    with pytest.raises(ValueError, match="hooked.pth: other outputs"):
+        FocalCheckpointer(Hooked(3, 5), require_same_classes=True).load(
+            str(tmp_path / "hooked.pth"))

@@ -1,7 +1,10 @@
 """The class conv for K logits per anchor (the sigmoid losses) or K + 1 (softmax FL, background
-last), and the identity score map used when scores are computed before decoding."""
+last), the identity score map used when scores are computed before decoding, and what
+checkpoints record and check of the class conv (``ClassHeadCheck``)."""
 import torch
 from torch import Tensor
+
+from ..errors import ClassCountMismatchError
 
 
 def identity(x: Tensor) -> Tensor:
@@ -16,3 +19,68 @@ def wider_class_conv(conv: torch.nn.Conv2d, num_classes: int, num_logits: int):
                             padding=1).to(conv.weight.device)
     torch.nn.init.normal_(wider.weight, mean=0, std=0.01)
     return wider
+
+
+class ClassHeadCheck:
+    """What focal_det's checkpoints record of a RetinaNet class conv and what loading checks
+    (the hook :class:`focal_det.checkpoint.FocalCheckpointer` asks the model for):
+
+    - a sigmoid class head (K logits per anchor) never loads into a softmax model (K + 1,
+      background last), nor the reverse, in training either: the shapes can even agree (K + 1
+      sigmoid classes), the meaning never does. Our checkpoints say which they are
+      (``focal_det_head``); others are sigmoid RetinaNets (Detectron2's);
+    - with ``same_classes`` (evaluation, prediction), weights for another class count are
+      refused naming both, instead of a shape warning and a randomly initialized classifier.
+    """
+
+    KEY = "head.cls_score.weight"
+    META = "focal_det_head"
+
+    def __init__(self, own_shape, num_classes: int, num_logits: int, loss_name: str):
+        self.own_shape, self.loss_name = tuple(own_shape), loss_name
+        self.num_classes, self.num_logits = int(num_classes), int(num_logits)
+
+    def checkpoint_metadata(self) -> dict:
+        return {self.META: {"num_classes": self.num_classes, "num_logits": self.num_logits}}
+
+    def check_checkpoint(self, checkpoint: dict, *, source: str, same_classes: bool) -> None:
+        theirs = checkpoint.get("model", {}).get(self.KEY)
+        if theirs is None:
+            return  # other layouts (e.g. Caffe2 names) go through matching heuristics
+        theirs = tuple(theirs.shape)
+        their_softmax = self._check_kind(theirs, checkpoint.get(self.META), source)
+        if same_classes:
+            self._check_count(theirs, their_softmax, source)
+
+    def _check_kind(self, theirs, meta, source: str) -> bool:
+        """Whether their head is softmax; raises where it is not the kind of this one."""
+        own, k = self.own_shape, self.num_classes
+        own_softmax = self.num_logits != k
+        if meta is not None:
+            their_softmax = meta["num_logits"] != meta["num_classes"]
+        else:
+            their_softmax = False  # Detectron2's RetinaNet and our older checkpoints: sigmoid
+            if not own_softmax or theirs != (own[0] // self.num_logits * k, *own[1:]):
+                return False  # another class count: the class-count checks and warnings apply
+        if own_softmax != their_softmax:
+            kind = {True: "softmax (K + 1 logits per anchor, background last)",
+                    False: "sigmoid (K logits per anchor)"}
+            raise ClassCountMismatchError(
+                f"{source}: its class head {theirs} is {kind[their_softmax]}, but this model's "
+                f"{own} is {kind[own_softmax]} (MODEL.FOCAL_DET.CLS_LOSS.NAME "
+                f"{self.loss_name}); one cannot be loaded into the other. Use the loss the "
+                "weights were trained with.")
+        return their_softmax
+
+    def _check_count(self, theirs, their_softmax: bool, source: str) -> None:
+        if theirs == self.own_shape:
+            return
+        anchors = self.own_shape[0] // self.num_logits
+        theirs_classes = theirs[0] / anchors - their_softmax  # softmax: K + 1 logits
+        named = (f"{int(theirs_classes)} classes" if theirs_classes.is_integer()
+                 else f"{theirs[0]} outputs, not a multiple of {anchors} anchors")
+        raise ClassCountMismatchError(
+            f"{source}: its class conv was trained for {named}, but "
+            f"MODEL.RETINANET.NUM_CLASSES is {self.num_classes}. Evaluating it would use a "
+            "randomly initialized classifier. Set MODEL.RETINANET.NUM_CLASSES to match the "
+            "weights (fine-tuning from them in training is allowed).")

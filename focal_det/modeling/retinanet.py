@@ -32,7 +32,7 @@ from ..config import check_superseded_retinanet_keys
 from ..losses import build_cls_loss
 from .decoding import decode_detections
 from .fold import fold_norms as fold_norms_
-from .class_head import identity, wider_class_conv
+from .class_head import ClassHeadCheck, identity, wider_class_conv
 from .crowd import ignore_crowd_anchors
 from .matching import match_in_chunks
 from .sampling import build_anchor_sampler
@@ -125,6 +125,11 @@ class FocalRetinaNet(RetinaNet):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def checkpoint_hook(self) -> ClassHeadCheck:
+        """What FocalCheckpointer records and checks of this model's class head."""
+        return ClassHeadCheck(self.head.cls_score.weight.shape, self.num_classes,
+                              self.num_logits, type(self.cls_loss).__name__)
 
     def preprocess_image(self, batched_inputs):
         images = super().preprocess_image(batched_inputs)

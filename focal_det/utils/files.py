@@ -1,9 +1,10 @@
 """File helpers: files appear whole (written aside, then renamed) and with the mode the umask
 gives."""
+import contextlib
 import io
 import os
 import tempfile
-from typing import Callable
+from typing import IO, Callable, Iterator
 
 
 def _umask() -> int:
@@ -18,15 +19,20 @@ def follow_umask(path: str, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through ``write(file)`` so readers see the old or the new file, never
-    a partial one."""
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
+    """``open(path, mode)`` for writing a whole file (``"wb"`` or ``"w"``, UTF-8), such that
+    readers see the old or the new file, never a partial one: the file is written aside in the
+    same folder, flushed and fsync'ed, then renamed over ``path``; an exception in the ``with``
+    block leaves ``path`` as it was and no temporary behind."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes whole files, mode 'wb' or 'w', not {mode!r}")
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
                                dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         follow_umask(tmp)  # colleagues may read checkpoints as they read any other file
@@ -35,6 +41,12 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through ``write(file)`` (see :func:`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        write(f)
 
 
 def atomic_write_text(path: str, text: str) -> None:
