@@ -101,6 +101,10 @@ def fused_loss(logits: Tensor, spec: LossSpec, reduction: str, *,
     """The loss of ``spec`` on ``logits`` (..., K) with either integer ``labels`` (one per row
     of K logits: class index, K = background, -1 = ignored) or float ``targets`` of logits'
     shape. Returns float32 (float64 for float64 logits); its gradient has logits' dtype.
+    bfloat16/float16 logits are read as they are (no float32 copy of the tensor), computed in
+    float32, and the gradient (times 1/N for "mean") is rounded to their dtype once; backward
+    multiplies it by the incoming gradient (e.g. 1/normalizer, a loss scale), which rounds
+    once more, as any half-precision op's backward does.
 
     ``spec`` may also be a plain-PyTorch kernel (``focal_det.kernels.reference.Kernel``, e.g.
     a user's own loss); it then runs on the reference backend."""

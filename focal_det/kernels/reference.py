@@ -181,28 +181,44 @@ def run_chunked(
     *,
     elementwise: bool,
     need_grad: bool,
+    scale: float = 1.0,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Apply ``kernel`` to row-chunks of ``x2d`` (R, C).
 
     ``targets_of(start, end)`` returns the (rows, C) float targets of rows [start, end) and an
     optional (rows, 1) weight (0 drops a row, e.g. ignored anchors). Returns the loss (sum as a
-    0-dim tensor, or (R, C) elementwise) and the gradient (R, C) in x2d's dtype, or None.
+    0-dim tensor, or (R, C) elementwise) and the gradient (R, C) in x2d's dtype, or None, both
+    times ``scale``.
+
+    Half-precision x2d (bfloat16, float16) is converted chunk by chunk, never as a float32 copy
+    of the whole tensor; the gradient is computed and scaled in float32 and rounded to x2d's
+    dtype once. Float32 and float64 x2d are computed in place and scaled once at the end.
     """
     rows, cols = x2d.shape
     cdtype = compute_dtype(x2d.dtype)
+    half = x2d.dtype != cdtype
+    # half: scale each float32 chunk before its one rounding; else scale the whole result once
+    chunk_scale = scale if half else 1.0
     step = max(1, CHUNK_ELEMENTS // max(cols, 1))
     out = x2d.new_empty((rows, cols), dtype=cdtype) if elementwise else None
     grad = x2d.new_empty((rows, cols)) if need_grad else None
+    sum_into = None if elementwise else getattr(kernel, "sum_into", None)
     partial_sums = []
     for start in range(0, rows, step):
         end = min(start + step, rows)
-        x = x2d[start:end].to(cdtype)
+        x = x2d[start:end].to(cdtype)  # a no-op unless half
         t, weight = targets_of(start, end)
-        sum_into = getattr(kernel, "sum_into", None)
-        if not elementwise and sum_into is not None:
-            partial = sum_into(x, t, weight, grad[start:end] if need_grad else None)
+        if sum_into is not None:
+            # straight into the output (a half output rounds the float32 product once), or
+            # through a float32 chunk when it must be scaled first
+            buf = None
+            if need_grad:
+                buf = grad[start:end] if chunk_scale == 1.0 else torch.empty_like(x)
+            partial = sum_into(x, t, weight, buf)
             if partial is not None:
                 partial_sums.append(partial)
+                if need_grad and chunk_scale != 1.0:
+                    grad[start:end] = buf.mul_(chunk_scale)
                 continue
         if t.dtype == torch.bool:
             t = t.to(cdtype)
@@ -216,10 +232,15 @@ def run_chunked(
         else:
             partial_sums.append(loss.sum(dtype=torch.float64))
         if g is not None:
-            grad[start:end] = g
-    if not elementwise:
+            grad[start:end] = g.mul_(chunk_scale) if chunk_scale != 1.0 else g
+    if elementwise:
+        if scale != 1.0:
+            out = out * scale
+    else:
         total = torch.stack(partial_sums).sum() if partial_sums else x2d.new_zeros((), dtype=torch.float64)
-        out = total.to(cdtype)
+        out = (total * scale if scale != 1.0 else total).to(cdtype)  # rounded once
+    if grad is not None and scale != 1.0 and not half:
+        grad = grad.mul_(scale)
     return out, grad
 
 
@@ -255,9 +276,5 @@ def reference_loss(x2d: Tensor, labels: Optional[Tensor], targets: Optional[Tens
     else:
         def targets_of(start: int, end: int):
             return targets[start:end], None
-    loss, grad = run_chunked(x2d, targets_of, kernel, elementwise=elementwise,
-                             need_grad=need_grad)
-    if scale != 1.0:
-        loss = loss * scale
-        grad = grad.mul_(scale) if grad is not None else None
-    return loss, grad
+    return run_chunked(x2d, targets_of, kernel, elementwise=elementwise, need_grad=need_grad,
+                       scale=scale)

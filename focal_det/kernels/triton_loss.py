@@ -42,7 +42,7 @@ if triton is not None:
         return sp_pos, sp_neg, p, one_m_p
 
     @triton.jit
-    def _power(q, gamma, GAMMA_CASE: tl.constexpr):
+    def _power(q, gamma, GAMMA_CASE: tl.constexpr, TINY: tl.constexpr):
         # GAMMA_CASE: 0 -> gamma 0, 1 -> gamma 1, 2 -> gamma 2, 3 -> any other gamma > 0
         if GAMMA_CASE == 0:
             r = q * 0.0 + 1.0
@@ -51,8 +51,23 @@ if triton is not None:
         elif GAMMA_CASE == 2:
             r = q * q
         else:
-            r = tl.where(q > 0, tl.exp(gamma * tl.log(tl.maximum(q, 1e-38))), 0.0)
+            # The clamp keeps log finite (q = 0 is selected away). TINY is the compute dtype's
+            # smallest normal: Triton types a float literal outside float32's normal range as
+            # float64, and HEAD's 1e-38 here once promoted this branch and everything computed
+            # from it, down to the stored gradient, to float64 (bfloat16 gradients of 0 under
+            # TRITON_INTERPRET=1, whose float64 -> bfloat16 cast is an integer conversion;
+            # float64 arithmetic on a GPU; float64 q below 1e-38 clamped).
+            r = tl.where(q > 0, tl.exp(gamma * tl.log(tl.maximum(q, TINY))), 0.0)
         return r
+
+    @triton.jit
+    def _bf16_rne(v):
+        # float32 -> bfloat16 rounded to nearest even by integer ops, as torch and the GPU's
+        # cvt.rn do (the interpreter's own float32 -> bfloat16 cast truncates); NaN stays NaN
+        b = v.to(tl.uint32, bitcast=True)
+        r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+        r = tl.where(v == v, r, 0x7FC0)
+        return r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
     @triton.jit
     def _sigmoid_loss_kernel(
@@ -60,7 +75,8 @@ if triton is not None:
         gamma, alpha, beta, scale,
         STAR: tl.constexpr, GAMMA_CASE: tl.constexpr, WEIGHTED: tl.constexpr,
         CLASS_ALPHA: tl.constexpr, LABELS: tl.constexpr, ELEMENTWISE: tl.constexpr,
-        NEED_GRAD: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
+        NEED_GRAD: tl.constexpr, F64: tl.constexpr, BF16: tl.constexpr, TINY: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
         pid = tl.program_id(0)
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -96,7 +112,7 @@ if triton is not None:
             ce_exact = tl.where(is_pos, sp_neg, sp_pos)  # no cancellation: for the gradient
             q_b = tl.where(is_pos, one_m_p, p)
             p_t = tl.where(is_pos, p, one_m_p)
-            mod_b = _power(q_b, gamma, GAMMA_CASE)
+            mod_b = _power(q_b, gamma, GAMMA_CASE, TINY)
             if GAMMA_CASE == 0:
                 m = q_b
             else:
@@ -107,15 +123,18 @@ if triton is not None:
                 one_m_t = 1.0 - t
                 ce = one_m_t * x + sp_neg  # (1 - t) x - log_sigmoid(x), as torch
                 q = t * one_m_p + one_m_t * p
-                mod = _power(q, gamma, GAMMA_CASE)
+                mod = _power(q, gamma, GAMMA_CASE, TINY)
                 g = one_m_t * p - t * one_m_p
                 if GAMMA_CASE != 0:
-                    ratio = p * one_m_p / tl.maximum(q, 1.1754943508222875e-38)
+                    ratio = p * one_m_p / tl.maximum(q, TINY)
                     ce_x = t * sp_neg + one_m_t * sp_pos  # no cancellation: the gradient
                     g = (g - gamma * ce_x * (2.0 * t - 1.0) * ratio) * mod
                 soft = (t != 0.0) & (t != 1.0)
                 loss = tl.where(soft, a_t * ce * mod, loss)
                 grad = tl.where(soft, a_t * g, grad)
+        # every value stays in the compute dtype (no silent float64 promotion, see _power)
+        tl.static_assert(loss.dtype == ct)
+        tl.static_assert(grad.dtype == ct)
         loss = tl.where(keep, loss, 0.0)
         if ELEMENTWISE:
             tl.store(loss_ptr + offs, loss * scale, mask=mask)
@@ -123,7 +142,10 @@ if triton is not None:
             tl.store(part_ptr + pid, tl.sum(loss, axis=0))
         if NEED_GRAD:
             grad = tl.where(keep, grad * scale, 0.0)
-            tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+            if BF16:
+                tl.store(grad_ptr + offs, _bf16_rne(grad), mask=mask)
+            else:
+                tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 def available() -> bool:
@@ -151,7 +173,8 @@ def sigmoid_loss(x: Tensor, labels: Optional[Tensor], targets: Optional[Tensor],
         numel, k, float(gamma), float(alpha), float(beta), float(scale),
         STAR=bool(star), GAMMA_CASE=_gamma_case(gamma), WEIGHTED=alpha >= 0,
         CLASS_ALPHA=class_alpha is not None, LABELS=labels is not None, ELEMENTWISE=elementwise, NEED_GRAD=bool(need_grad),
-        F64=cdtype == torch.float64, BLOCK=BLOCK,
+        F64=cdtype == torch.float64, BF16=x.dtype == torch.bfloat16,
+        TINY=torch.finfo(cdtype).tiny, BLOCK=BLOCK,
     )
     if not elementwise:
         loss = loss.sum(dtype=torch.float64).mul_(scale).to(cdtype)

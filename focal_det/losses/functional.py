@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..kernels import LossSpec, fused_loss
 from ..kernels.reference import Kernel  # noqa: F401  (the type of a user's own kernel)
+from .base import check_reduction
 
 __all__ = [
     "sigmoid_focal_loss",
@@ -34,7 +35,6 @@ __all__ = [
     "check_focal_params",
 ]
 
-_REDUCTIONS = ("none", "mean", "sum")
 
 
 def check_focal_params(gamma: float, alpha: float, *, star: bool = False, beta: float = 0.0):
@@ -51,13 +51,13 @@ def check_focal_params(gamma: float, alpha: float, *, star: bool = False, beta: 
 
 def apply_loss(logits: Tensor, targets: Tensor, spec, reduction: str) -> Tensor:
     """The loss of ``spec`` with float ``targets`` of ``logits``' shape, reduced."""
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not one of {list(_REDUCTIONS)}")
+    check_reduction(reduction)
     if targets.shape != logits.shape:
         raise ValueError(
             f"targets shape {tuple(targets.shape)} != logits shape {tuple(logits.shape)}"
         )
-    if reduction == "none" and isinstance(spec, LossSpec) and not spec.star and spec.gamma == 0:
+    if (reduction == "none" and isinstance(spec, LossSpec) and not spec.star and spec.gamma == 0
+            and logits.dtype.itemsize >= 4):  # half logits: the fused kernel (no float32 copy)
         return _torch_cross_entropy(logits, targets, spec)
     return fused_loss(logits, spec, reduction, targets=targets)
 
@@ -66,8 +66,8 @@ def _torch_cross_entropy(logits: Tensor, targets: Tensor, spec: LossSpec) -> Ten
     """Elementwise (alpha-balanced) CE, the gamma = 0 member, as torch's own
     ``binary_cross_entropy_with_logits``: the same numbers to the last bit on every device, so
     FL is never above torch's BCE (the fused kernels' exp/log1p may differ by a rounding step;
-    for gamma > 0 the modulating factor keeps FL below it). Computed in float32 (float64 for
-    float64 logits), as the fused path."""
+    for gamma > 0 the modulating factor keeps FL below it). For float32 and float64 logits
+    only: half logits go to the fused kernel, which reads them without a float32 copy."""
     from ..kernels.reference import _alpha_t, compute_dtype
 
     cdtype = compute_dtype(logits.dtype)
@@ -86,11 +86,13 @@ def sigmoid_focal_loss(
 
     Drop-in for ``torchvision.ops.sigmoid_focal_loss`` and ``fvcore.nn.sigmoid_focal_loss``:
     same positional order and names (``inputs, targets, alpha, gamma, reduction``) and
-    defaults; ``inputs`` any shape, ``targets`` the same shape in [0, 1]; ``alpha`` < 0
-    disables weighting; ``reduction`` is "none" (same shape as inputs), "mean" or "sum"
-    (0-dim). Differences: half-precision inputs are computed in float32 and the loss is
-    returned in float32 (torchvision/fvcore return the input dtype); values are computed from
-    log-sigmoid forms, so they stay finite and accurate for |x| up to 1e4 and beyond.
+    torchvision's defaults (alpha 0.25, the paper's; fvcore's default is alpha -1, no
+    weighting: pass ``alpha=-1`` for fvcore's default loss); ``inputs`` any shape, ``targets``
+    the same shape in [0, 1]; ``alpha`` < 0 disables weighting; ``reduction`` is "none" (same
+    shape as inputs), "mean" or "sum" (0-dim). Differences: half-precision inputs are
+    computed in float32 and the loss is returned in float32 (torchvision/fvcore return the
+    input dtype); values are computed from log-sigmoid forms, so they stay finite and accurate
+    for |x| up to 1e4 and beyond.
     """
     check_focal_params(gamma, alpha)
     return apply_loss(inputs, targets, LossSpec(False, float(gamma), float(alpha)), reduction)
