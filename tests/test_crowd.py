@@ -57,8 +57,8 @@ def _losses_and_labels(model, batch):
     seen = []
     real = model.label_anchors
 
-    def recording(anchors, gt):
-        out = real(anchors, gt)
+    def recording(anchors, gt, crowd_boxes=None):
+        out = real(anchors, gt, crowd_boxes)
         seen.append([x.clone() for x in out[0]])
         return out
 

@@ -9,7 +9,7 @@ from fvcore.nn import sigmoid_focal_loss_star as fv_star
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
 import focal_det
-from focal_det.bias_init import BIAS_INIT_REGISTRY, class_bias_value
+from focal_det.bias_init import BIAS_INIT_REGISTRY, class_bias
 from focal_det.losses import (
     CLS_LOSS_REGISTRY,
     build_cls_loss,
@@ -330,19 +330,20 @@ def test_prior_bias_gives_the_prior_probability(name, extra):
     loss = build_cls_loss(cfg)
     for prior in (0.01, 0.3):
         cfg.MODEL.FOCAL_DET.HEAD.PRIOR_PROB = prior
-        b = class_bias_value("PriorProb", loss, prior)
-        assert loss.probs(torch.tensor(b, dtype=torch.float64)).item() == pytest.approx(prior)
-    assert class_bias_value("Zero", loss, 0.01) == 0.0
+        b = class_bias("PriorProb", loss, prior, 3)
+        assert b.shape == (3,)
+        assert loss.probs(b).tolist() == pytest.approx([prior] * 3)
+    assert class_bias("Zero", loss, 0.01, 3).tolist() == [0.0] * 3
 
 
 def test_fl_star_probs_and_prior_formula():
     loss = build_cls_loss(_cfg(NAME="FocalLossStar", GAMMA=2.0, BETA=1.0))
     x = torch.tensor([0.3])
     assert torch.allclose(loss.probs(x), torch.sigmoid(2.0 * x + 1.0))
-    assert loss.prior_bias(0.01) == pytest.approx((math.log(0.01 / 0.99) - 1.0) / 2.0)
+    assert loss.prior_logit(0.01) == pytest.approx((math.log(0.01 / 0.99) - 1.0) / 2.0)
     fl = build_cls_loss(_cfg(NAME="FocalLoss"))
-    assert fl.prior_bias(0.01) == pytest.approx(-math.log(0.99 / 0.01))
-    assert fl.prior_bias(0.01) == pytest.approx(-4.59512, abs=1e-5)
+    assert fl.prior_logit(0.01) == pytest.approx(-math.log(0.99 / 0.01))
+    assert fl.prior_logit(0.01) == pytest.approx(-4.59512, abs=1e-5)
 
 
 def test_user_registered_loss_is_selected_by_name():
@@ -391,7 +392,7 @@ def test_bad_config_values_name_the_key(kw, match):
 def test_bad_prior_names_the_key(prior):
     cfg = _cfg()
     with pytest.raises(ValueError, match=r"MODEL.FOCAL_DET.HEAD.PRIOR_PROB=.*\(0, 1\)"):
-        class_bias_value("PriorProb", build_cls_loss(cfg), prior)
+        class_bias("PriorProb", build_cls_loss(cfg), prior, 3)
 
 
 def test_positional_order_is_torchvision_and_fvcore():

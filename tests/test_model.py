@@ -284,3 +284,20 @@ def test_invalid_configs_name_key_value_and_allowed(key, value, match):
     node[last] = value
     with pytest.raises(ValueError, match=match):
         build_model(cfg)
+
+
+def test_keyword_defaults_are_the_config_defaults():
+    """One default per knob: every FocalRetinaNet keyword with a default has the value
+    from_config reads from focal_det's default keys, so keyword, LazyConfig and yaml builds
+    agree (CHANNELS_LAST was True in the config and False as a keyword)."""
+    import inspect
+
+    from focal_det.modeling import FocalRetinaNet
+
+    cfg = get_tiny_cfg()
+    cfg.MODEL.FOCAL_DET = focal_det.get_cfg().MODEL.FOCAL_DET  # the defaults only
+    from_cfg = FocalRetinaNet.from_config(cfg)
+    defaults = {name: p.default for name, p in inspect.signature(FocalRetinaNet.__init__)
+                .parameters.items() if p.default is not inspect.Parameter.empty}
+    assert {"channels_last", "fold_norms", "matcher_chunk", "prior_prob"} <= defaults.keys()
+    assert {k: from_cfg[k] for k in defaults} == defaults

@@ -148,3 +148,20 @@ def test_every_table_1d_config_loads():
     expected = {(b, n, -1.0) for b in (128, 256, 512) for n in (0.5, 0.7)}
     expected |= {(b, 0.5, 0.25) for b in (128, 256, 512)} | {"FL"}
     assert set(rows) == expected
+
+
+def test_the_sampler_gets_the_batch_as_arguments_not_the_model():
+    """select() takes anchors, labels, K and a per-anchor loss callable; OHEM asks it for the
+    box term as BOX_LOSS says."""
+    asked = []
+
+    def anchor_loss(with_box):
+        asked.append(with_box)
+        return torch.tensor([[5.0, 4.0, 3.0, 1.0]])
+
+    labels = torch.tensor([[0, 3, 3, -1]])
+    for box_loss in (True, False):
+        chosen = OHEM(batch_size_per_image=2, pre_nms_topk=4, box_loss=box_loss).select(
+            torch.tensor(BOXES, dtype=torch.float32), labels, 3, anchor_loss)
+        assert chosen.tolist() == [[True, False, True, False]]
+    assert asked == [True, False]

@@ -50,20 +50,47 @@ def test_value_and_gradient_equal_the_float64_definition(gamma, alpha, dtype):
     torch.testing.assert_close(per.sum().double(), ref, rtol=tol, atol=0)
 
 
+@pytest.mark.parametrize("gamma", [2.0, 0.5])
+def test_unreduced_loss_has_the_closed_form_gradient_of_each_row(gamma):
+    """loss(..., "none"): one term per row, each with its own row's closed-form gradient; no
+    NaN where p_t is exactly 1 (autograd through q^gamma, gamma < 1, would give one)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, K + 1, generator=g, dtype=torch.float64) * 3
+    x[0] = torch.tensor([800.0, 0.0, 0.0, 0.0])  # p_t == 1 exactly
+    labels = torch.randint(0, K + 1, (40,), generator=g)
+    labels[0] = 0
+    targets = torch.nn.functional.one_hot(labels, K + 1).double()
+    weights = torch.rand(40, generator=g, dtype=torch.float64)
+    ref, _ = _float64(x, labels, gamma, 0.25)
+    xx = x.clone().requires_grad_()
+    rows = SoftmaxFocalLoss(gamma=gamma, alpha=0.25).loss(xx, targets, "none")
+    assert rows.shape == (40,)
+    torch.testing.assert_close(rows.sum(), ref, rtol=1e-12, atol=0)
+    (rows * weights).sum().backward()
+    assert torch.isfinite(xx.grad).all()
+    per_row = torch.stack([_float64(x[i:i + 1], labels[i:i + 1], gamma, 0.25)[1][0]
+                           for i in range(1, 40)])
+    torch.testing.assert_close(xx.grad[1:], per_row * weights[1:, None], rtol=1e-9, atol=1e-12)
+    assert xx.grad[0].abs().max() == 0
+
+
 def test_gradcheck_float64():
     x = torch.randn(20, K + 1, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(-1, K + 1, (20,))
     assert torch.autograd.gradcheck(lambda t: SoftmaxFocalLoss()(t, labels), (x,))
 
 
-def test_detectron_bias_rule():
+def test_detectron_bias_rule_through_the_bias_initializers():
+    from focal_det.bias_init import class_bias
+
     loss = SoftmaxFocalLoss()
-    bias = loss.class_bias_pattern("PriorProb", 0.01, 80)
-    assert bias[:80].abs().max() == 0
+    bias = class_bias("PriorProb", loss, 0.01, 80)
+    assert bias.shape == (81,) and bias[:80].abs().max() == 0
     assert bias[80].item() == pytest.approx(torch.tensor(80 * 0.99 / 0.01).log().item())
     p = torch.softmax(bias.double(), 0)
     assert p[80].item() == pytest.approx(0.99) and p[:80].sum().item() == pytest.approx(0.01)
-    assert loss.class_bias_pattern("Zero", 0.01, 80).abs().max() == 0
+    zero = class_bias("Zero", loss, 0.01, 80)
+    assert zero.shape == (81,) and zero.abs().max() == 0
 
 
 def _cfg(name="SoftmaxFocalLoss"):

@@ -1,5 +1,7 @@
 """Classification losses of the Focal Loss paper: pure functions and a named registry (the
-sigmoid family in ``functional.py``/``registry.py``, softmax FL in ``softmax.py``)."""
+contract every registered loss follows in ``base.py``, the sigmoid family in
+``functional.py``/``registry.py``, softmax FL in ``softmax.py``)."""
+from .base import REDUCTIONS, ClassificationLoss
 from .functional import (
     sigmoid_balanced_cross_entropy,
     sigmoid_cross_entropy,
@@ -19,6 +21,8 @@ from .registry import (
 from .softmax import SoftmaxFocalLoss, softmax_focal_loss
 
 __all__ = [
+    "ClassificationLoss",
+    "REDUCTIONS",
     "sigmoid_focal_loss",
     "sigmoid_focal_loss_star",
     "sigmoid_cross_entropy",

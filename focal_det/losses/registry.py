@@ -1,21 +1,11 @@
-"""The classification-loss registry: each entry knows its loss, its probabilities and its prior.
+"""The classification-loss registry and the sigmoid loss family (FL, FL*, CE, balanced CE).
 
-A registered loss is a class whose ``__init__`` is ``@configurable`` (buildable from a cfg or
-from explicit keywords) and which provides:
-
-- ``__call__(logits, labels) -> Tensor``: the loss *summed* over all non-ignored anchors.
-  ``logits`` (R, K) (or (N, R, K)); ``labels`` (R,) (or (N, R)) int64 with values in [0, K):
-  the anchor's class, K: background, -1: ignored. Computed without a one-hot target.
-  ``FocalRetinaNet`` calls it once per FPN level (with that level's anchors) and adds the
-  results, so it must be a plain sum over anchors (no normalization of its own).
-- ``loss(logits, targets, reduction)``: the same loss with float targets of logits' shape.
-- ``probs(logits)``: the foreground probability consistent with the loss (used at inference).
-- ``prior_bias(pi)``: the logit bias b with ``probs(b) == pi`` (used to initialize the head).
-- ``probs_affine()`` (optional): (a, b) when ``probs(x) = sigmoid(a x + b)``; TorchScript
-  scripting of the model needs it (the base class gives (1, 0) for plain sigmoid).
-
-Register your own with ``@CLS_LOSS_REGISTRY.register()`` and select it with
-``MODEL.FOCAL_DET.CLS_LOSS.NAME``.
+Every registered loss derives from :class:`focal_det.losses.base.ClassificationLoss`, whose
+docstring is the contract (``__call__``, ``per_anchor``, ``loss``, ``probs``, ``prior_bias``,
+``num_logits``, ...), and has a ``@configurable`` ``__init__`` (buildable from a cfg or from
+explicit keywords). Register your own with ``@CLS_LOSS_REGISTRY.register()`` and select it with
+``MODEL.FOCAL_DET.CLS_LOSS.NAME``; a sigmoid loss derives from
+:class:`SigmoidClassificationLoss` and only says what it computes (``spec()`` or ``kernel()``).
 """
 import math
 from typing import Optional, Tuple
@@ -28,11 +18,13 @@ from torch import Tensor
 from ..kernels import LossSpec, fused_loss
 from ..kernels.reference import Kernel, kernel_for
 from . import functional as LF
+from .base import ClassificationLoss, require_loss
 
 CLS_LOSS_REGISTRY = Registry("FOCAL_DET_CLS_LOSS")
 CLS_LOSS_REGISTRY.__doc__ = """
 Registry for focal_det's classification losses (MODEL.FOCAL_DET.CLS_LOSS.NAME).
-The registered object is called with a cfg and returns a loss object (see focal_det.losses).
+The registered class is called with a cfg and returns a ClassificationLoss
+(focal_det.losses.base).
 """
 
 _KEY = "MODEL.FOCAL_DET.CLS_LOSS"
@@ -50,7 +42,7 @@ def build_cls_loss(cfg: CfgNode):
             f"{_KEY}.NAME={name!r} is not a registered classification loss; "
             f"registered: {registered_loss_names()}"
         )
-    return CLS_LOSS_REGISTRY.get(name)(cfg)
+    return require_loss(CLS_LOSS_REGISTRY.get(name)(cfg))
 
 
 def check_prior(prior: float, key: str = "MODEL.FOCAL_DET.HEAD.PRIOR_PROB") -> None:
@@ -88,12 +80,13 @@ def config_alpha(cfg: CfgNode):
     return per_class if per_class else c.ALPHA
 
 
-class SigmoidClassificationLoss:
-    """Base class: a member of the sigmoid loss family applied to labels or targets.
+class SigmoidClassificationLoss(ClassificationLoss):
+    """Base class of the sigmoid loss family: K logits per anchor, ``probs`` = sigmoid.
 
     Subclasses return their :class:`focal_det.kernels.LossSpec` from ``spec()`` (computed by the
     fused kernels), or override ``kernel()`` with a plain-PyTorch per-element kernel
-    (``focal_det.kernels.reference.Kernel``), which then runs chunk by chunk."""
+    (``focal_det.kernels.reference.Kernel``), which then runs chunk by chunk. A subclass that
+    changes ``probs`` changes ``prior_logit`` to match (and ``probs_affine`` where it can)."""
 
     def spec(self) -> Optional[LossSpec]:
         return None
@@ -117,28 +110,31 @@ class SigmoidClassificationLoss:
 
     @torch.no_grad()
     def per_anchor(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Each row's loss summed over its K classes (0 for ignored rows), no gradient: what
-        a sampler such as OHEM ranks anchors by. ``logits`` (..., K), ``labels`` (...)."""
         per = fused_loss(logits.detach(), self._spec_or_kernel(), "none", labels=labels)
         return per.sum(-1)
 
     def loss(self, logits: Tensor, targets: Tensor, reduction: str = "sum") -> Tensor:
+        """With float ``targets`` (..., K); "none" gives (..., K), one term per logit."""
         return LF.apply_loss(logits, targets, self._spec_or_kernel(), reduction)
 
     def probs(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits)
 
     def probs_affine(self) -> Optional[Tuple[float, float]]:
-        """(a, b) when ``probs(x)`` is ``sigmoid(x * a + b)``, else None. TorchScript export
-        (``focal_det.modeling.scripting``) needs it; a subclass that overrides ``probs`` gets
+        """(1, 0) for plain sigmoid probabilities; a subclass that overrides ``probs`` gets
         None unless it overrides this too."""
         if type(self).probs is SigmoidClassificationLoss.probs:
             return 1.0, 0.0
         return None
 
-    def prior_bias(self, prior: float) -> float:
+    def prior_logit(self, prior: float) -> float:
+        """The logit b with ``probs(b) == prior``."""
         check_prior(prior)
         return -math.log((1.0 - prior) / prior)
+
+    def prior_bias(self, prior_prob: float, num_classes: int) -> Tensor:
+        """``prior_logit(prior_prob)`` for each of the K logits (float64)."""
+        return torch.full((num_classes,), self.prior_logit(prior_prob), dtype=torch.float64)
 
 
 class _AlphaMixin:
@@ -236,7 +232,7 @@ class FocalLossStar(_AlphaMixin, SigmoidClassificationLoss):
     def probs_affine(self):
         return self.gamma, self.beta
 
-    def prior_bias(self, prior: float) -> float:
+    def prior_logit(self, prior: float) -> float:
         check_prior(prior)
         return (math.log(prior / (1.0 - prior)) - self.beta) / self.gamma
 

@@ -17,13 +17,13 @@ is Detectron's: background bias log(K (1 - pi) / pi), class biases 0, so an anch
 background probability 1 - pi, the foreground's pi shared by the K classes.
 """
 import math
-from typing import Optional
 
 import torch
 from detectron2.config import configurable
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .base import ClassificationLoss, check_reduction
 from .registry import CLS_LOSS_REGISTRY, _KEY, check_prior
 
 CHUNK_ELEMENTS = 1 << 18
@@ -47,9 +47,13 @@ def _rows(logits: Tensor, labels: Tensor, gamma: float, alpha: float, need_grad:
     if not need_grad:
         return loss, None
     p_t = lp_t.exp()
-    if gamma != 0:  # q^(gamma-1) p_t as mod * p_t / q (0 where q = 0)
-        ratio = p_t / q.clamp_min(torch.finfo(q.dtype).tiny)
-        w = a_t * mod * (1.0 - gamma * ratio * lp_t)
+    if gamma != 0:
+        # q^(gamma-1) p_t log p_t as mod * p_t * (log p_t / q): log p_t / q is bounded (-> -1
+        # as q -> 0, 0 where q = 0). Not gamma * (p_t / q) * log p_t: p_t / q reaches 1 / tiny
+        # where q is float32's smallest normal, and gamma times that overflows for gamma > 4
+        # (inf * 0 = NaN gradients).
+        lp_over_q = lp_t / q.clamp_min(torch.finfo(q.dtype).tiny)
+        w = a_t * mod * (1.0 - gamma * p_t * lp_over_q)
     else:
         w = a_t
     grad = logp.exp().mul_(w[:, None])
@@ -82,16 +86,20 @@ class _SoftmaxFocal(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
-        return grad * grad_out.to(grad.dtype), None, None, None
+        # grad_out (0-dim, float32 for half logits) is not rounded to the half dtype first: the
+        # product with the saved (once-rounded) gradient is computed in float32, rounded once
+        out = grad * grad_out
+        if out.dtype != grad.dtype:
+            out = out.to(grad.dtype)
+        return out, None, None, None
 
 
 @CLS_LOSS_REGISTRY.register()
-class SoftmaxFocalLoss:
+class SoftmaxFocalLoss(ClassificationLoss):
     """Softmax FL over K + 1 logits (see module docstring). ``MODEL.FOCAL_DET.CLS_LOSS.NAME:
     SoftmaxFocalLoss`` with ``GAMMA`` and ``ALPHA``; the model then predicts K + 1 logits per
     anchor."""
 
-    background_logit = True  # K + 1 logits per anchor, background last
     probs_elementwise = False  # a class's score depends on every logit of its anchor
 
     @configurable
@@ -110,6 +118,9 @@ class SoftmaxFocalLoss:
                              "SoftmaxFocalLoss takes one ALPHA")
         return {"gamma": c.GAMMA, "alpha": c.ALPHA}
 
+    def num_logits(self, num_classes: int) -> int:
+        return num_classes + 1  # background last
+
     def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
         """The loss summed over non-ignored rows; ``logits`` (..., K + 1)."""
         rows = logits.numel() // max(logits.shape[-1], 1)
@@ -117,40 +128,45 @@ class SoftmaxFocalLoss:
             raise ValueError(f"labels has {labels.numel()} entries for {rows} rows of logits")
         return _SoftmaxFocal.apply(logits, labels, self.gamma, self.alpha)
 
+    def _per_row(self, logits: Tensor, labels: Tensor, need_grad: bool):
+        c = logits.shape[-1]
+        cdtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        return _rows(logits.detach().reshape(-1, c).to(cdtype), labels.reshape(-1).long(),
+                     self.gamma, self.alpha, need_grad)
+
+    @torch.no_grad()
     def per_anchor(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Each row's loss (0 for ignored rows), no gradient (what OHEM ranks anchors by)."""
-        with torch.no_grad():
-            c = logits.shape[-1]
-            cdtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-            loss, _ = _rows(logits.reshape(-1, c).to(cdtype), labels.reshape(-1).long(),
-                            self.gamma, self.alpha, False)
-            return loss.view(labels.shape)
+        return self._per_row(logits, labels, False)[0].view(labels.shape)
 
     def loss(self, logits: Tensor, targets: Tensor, reduction: str = "sum") -> Tensor:
-        """With one-hot ``targets`` of logits' shape (background column last)."""
+        """With one-hot ``targets`` of logits' shape (background column last); "none" gives
+        one term per row (...)."""
+        check_reduction(reduction)
+        if targets.shape != logits.shape:
+            raise ValueError(f"targets shape {tuple(targets.shape)} != logits shape "
+                             f"{tuple(logits.shape)}")
         labels = targets.argmax(-1)
         if reduction == "sum":
             return self(logits, labels)
-        raise ValueError(f"SoftmaxFocalLoss.loss: reduction {reduction!r} is not supported; "
-                         "use 'sum'")
+        if reduction == "mean":
+            return self(logits, labels) / max(labels.numel(), 1)
+        need_grad = logits.requires_grad and torch.is_grad_enabled()
+        loss, grad = self._per_row(logits, labels, need_grad)
+        if need_grad:  # a row's loss depends on its own logits only: attach the closed form
+            x = logits.reshape(grad.shape)
+            loss = loss + ((x - x.detach()) * grad).sum(-1)  # adds exact zeros
+        return loss.view(labels.shape)
 
     def probs(self, logits: Tensor) -> Tensor:
         """Class scores: the softmax over K + 1 logits without the background column."""
         return torch.softmax(logits, dim=-1)[..., :-1]
 
-    def probs_affine(self) -> Optional[tuple]:
-        return None  # not an elementwise sigmoid: TorchScript scripting is refused
-
-    def class_bias_pattern(self, bias_init: str, prior: float, num_classes: int) -> Tensor:
-        """The K + 1 biases of one anchor: Detectron's rule for ``PriorProb``, zeros for
-        ``Zero`` (background and classes equally likely)."""
-        bias = torch.zeros(num_classes + 1)
-        if bias_init == "PriorProb":
-            check_prior(prior)
-            bias[-1] = math.log(num_classes * (1.0 - prior) / prior)
-        elif bias_init != "Zero":
-            raise ValueError(f"MODEL.FOCAL_DET.HEAD.BIAS_INIT={bias_init!r}: SoftmaxFocalLoss "
-                             "supports PriorProb and Zero")
+    def prior_bias(self, prior_prob: float, num_classes: int) -> Tensor:
+        """Detectron's rule: class biases 0, background log(K (1 - pi) / pi), so an anchor
+        starts at background probability 1 - pi, the foreground's pi shared by the K classes."""
+        check_prior(prior_prob)
+        bias = torch.zeros(num_classes + 1, dtype=torch.float64)
+        bias[-1] = math.log(num_classes * (1.0 - prior_prob) / prior_prob)
         return bias
 
     def __repr__(self):

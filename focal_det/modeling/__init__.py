@@ -1,4 +1,5 @@
 """Model components; importing this registers FocalRetinaNet in META_ARCH_REGISTRY."""
-from .retinanet import FocalRetinaNet, validate_retinanet_config
+from ..config import validate_retinanet_config
+from .retinanet import FocalRetinaNet
 
 __all__ = ["FocalRetinaNet", "validate_retinanet_config"]

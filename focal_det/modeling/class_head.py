@@ -1,10 +1,12 @@
 """The class conv for K logits per anchor (the sigmoid losses) or K + 1 (softmax FL, background
-last), the identity score map used when scores are computed before decoding, and what
-checkpoints record and check of the class conv (``ClassHeadCheck``)."""
+last) with its initial biases, the identity score map used when scores are computed before
+decoding, and what checkpoints record and check of the class conv (``ClassHeadCheck``)."""
 import torch
 from torch import Tensor
 
+from ..bias_init import class_bias
 from ..errors import ClassCountMismatchError
+from ..losses.base import ClassificationLoss
 
 
 def identity(x: Tensor) -> Tensor:
@@ -19,6 +21,20 @@ def wider_class_conv(conv: torch.nn.Conv2d, num_classes: int, num_logits: int):
                             padding=1).to(conv.weight.device)
     torch.nn.init.normal_(wider.weight, mean=0, std=0.01)
     return wider
+
+
+def class_conv(conv: torch.nn.Conv2d, cls_loss: ClassificationLoss, num_classes: int,
+               bias_init: str, prior_prob: float) -> torch.nn.Conv2d:
+    """RetinaNetHead's class conv ``conv`` made fit for ``cls_loss``: ``cls_loss.num_logits(K)``
+    outputs per anchor (a wider conv where that is not K), each anchor's biases from the
+    initializer registered as ``bias_init`` (:mod:`focal_det.bias_init`)."""
+    num_logits = cls_loss.num_logits(num_classes)
+    if num_logits != num_classes:
+        conv = wider_class_conv(conv, num_classes, num_logits)
+    pattern = class_bias(bias_init, cls_loss, prior_prob, num_classes)
+    with torch.no_grad():
+        conv.bias.copy_(pattern.repeat(conv.out_channels // num_logits))
+    return conv
 
 
 class ClassHeadCheck:

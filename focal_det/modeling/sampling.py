@@ -25,6 +25,8 @@ Cost per iteration: fixed-size tensor work (top-k, one batched NMS, cumulative s
 no Python loop over anchors or images; the NMS result has a data-dependent size (one host sync
 on CUDA, inside torchvision's NMS).
 """
+from typing import Callable, List
+
 import torch
 from detectron2.config import configurable
 from detectron2.layers import batched_nms
@@ -35,8 +37,10 @@ from torch import Tensor
 ANCHOR_SAMPLER_REGISTRY = Registry("FOCAL_DET_ANCHOR_SAMPLER")
 ANCHOR_SAMPLER_REGISTRY.__doc__ = """Registry for MODEL.FOCAL_DET.SAMPLER.NAME: which anchors the
 classification loss trains on. An entry is called with a cfg and returns an object with
-``select(model, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes) -> (N, R) bool``
-and ``normalizer(selected) -> Tensor``."""
+``select(anchors, gt_labels, num_classes, anchor_loss) -> (N, R) bool`` (``anchors`` (R, 4)
+XYXY; ``gt_labels`` (N, R): class, ``num_classes`` = background, -1 = ignored;
+``anchor_loss(with_box: bool) -> (N, R)``: each anchor's loss, see :func:`anchor_losses`) and
+``normalizer(selected) -> Tensor``. It gets this batch's data as arguments, never the model."""
 
 _KEY = "MODEL.FOCAL_DET.SAMPLER.OHEM"
 
@@ -51,6 +55,28 @@ def build_anchor_sampler(cfg):
         raise ValueError(f"MODEL.FOCAL_DET.SAMPLER.NAME={name!r} is not a registered anchor "
                          f"sampler; registered: {names} (or '' for every anchor)")
     return ANCHOR_SAMPLER_REGISTRY.get(name)(cfg)
+
+
+@torch.no_grad()
+def anchor_losses(cls_loss, num_classes: int, anchors: Tensor, pred_logits: List[Tensor],
+                  gt_labels: Tensor, pred_anchor_deltas: List[Tensor], gt_boxes: List[Tensor],
+                  box2box_transform=None, smooth_l1_beta: float = 0.0,
+                  with_box: bool = True) -> Tensor:
+    """(N, R), no gradient: each anchor's classification loss summed over its logits
+    (``cls_loss.per_anchor``; 0 where ignored), plus, ``with_box`` and given the model's
+    ``box2box_transform`` (its box loss is smooth L1), each foreground anchor's box loss.
+
+    ``anchors`` (R, 4); ``pred_logits``, ``pred_anchor_deltas``: per level (N, Ri, C or 4);
+    ``gt_labels`` (N, R); ``gt_boxes``: N tensors (R, 4), as ``FocalRetinaNet.losses`` has them.
+    """
+    loss = cls_loss.per_anchor(torch.cat(pred_logits, dim=1), gt_labels)
+    if with_box and box2box_transform is not None:
+        pos = (gt_labels >= 0) & (gt_labels < num_classes)
+        deltas = torch.stack([box2box_transform.get_deltas(anchors, b) for b in gt_boxes])
+        box = smooth_l1_loss(torch.cat(pred_anchor_deltas, dim=1), deltas, smooth_l1_beta,
+                             reduction="none").sum(-1)
+        loss = loss + torch.where(pos, box, torch.zeros_like(box))
+    return loss
 
 
 @torch.no_grad()
@@ -114,27 +140,12 @@ class OHEM:
                 "positive_fraction": c.POSITIVE_FRACTION, "pre_nms_topk": c.PRE_NMS_TOPK,
                 "box_loss": c.BOX_LOSS}
 
-    @torch.no_grad()
-    def scores(self, model, anchors: Tensor, pred_logits, gt_labels: Tensor,
-               pred_anchor_deltas, gt_boxes) -> Tensor:
-        """(N, R): each anchor's classification loss (summed over classes) plus its box loss."""
-        logits = torch.cat(pred_logits, dim=1)  # (N, R, K)
-        per_anchor = model.cls_loss.per_anchor(logits, gt_labels)
-        if self.box_loss and model.box_reg_loss_type == "smooth_l1":
-            pos = (gt_labels >= 0) & (gt_labels < model.num_classes)
-            deltas = torch.stack([model.box2box_transform.get_deltas(anchors, b)
-                                  for b in gt_boxes])
-            box = smooth_l1_loss(torch.cat(pred_anchor_deltas, dim=1), deltas,
-                                 model.smooth_l1_beta, reduction="none").sum(-1)
-            per_anchor = per_anchor + torch.where(pos, box, torch.zeros_like(box))
-        return per_anchor
-
-    def select(self, model, anchors: Tensor, pred_logits, gt_labels: Tensor,
-               pred_anchor_deltas, gt_boxes) -> Tensor:
-        scores = self.scores(model, anchors, pred_logits, gt_labels, pred_anchor_deltas,
-                             gt_boxes)
+    def select(self, anchors: Tensor, gt_labels: Tensor, num_classes: int,
+               anchor_loss: Callable[[bool], Tensor]) -> Tensor:
+        """(N, R) bool: the OHEM minibatch, scored by ``anchor_loss(self.box_loss)``."""
+        scores = anchor_loss(self.box_loss)
         valid = gt_labels >= 0
-        is_pos = valid & (gt_labels < model.num_classes)
+        is_pos = valid & (gt_labels < num_classes)
         return ohem_select(scores, anchors, valid, is_pos, self.batch_size, self.nms_thresh,
                            self.positive_fraction, self.pre_nms_topk)
 

@@ -19,7 +19,8 @@ changed:
 - Detectron2's ``CycleBatchNormList`` (per-level BN in the head), which cannot be scripted
   (it indexes a ModuleList with a variable), becomes an equivalent module that can;
 - probabilities are ``sigmoid(a x + b)`` with the loss's ``probs_affine()`` (a, b): (1, 0) for
-  FL, CE and balanced CE, (gamma, beta) for FL*. A custom loss without it is refused.
+  FL, CE and balanced CE, (gamma, beta) for FL*. A loss whose ``probs_affine()`` is None
+  (softmax FL, a custom ``probs``) is refused: export it by tracing.
 """
 import copy
 from typing import Dict, List
@@ -116,9 +117,9 @@ def prepare_for_scripting(model: FocalRetinaNet) -> ScriptableFocalRetinaNet:
     affine = model.cls_loss.probs_affine()
     if affine is None:
         raise ValueError(
-            f"script_model: the loss {type(model.cls_loss).__name__} overrides probs() without "
-            "probs_affine(), so its probabilities cannot be written in TorchScript; define "
-            "probs_affine() -> (a, b) if probs(x) == sigmoid(a * x + b), or export by tracing")
+            f"script_model: the loss {type(model.cls_loss).__name__} gives no probs_affine(), "
+            "so its probs() cannot be written in TorchScript; define probs_affine() -> (a, b) "
+            "if probs(x) == sigmoid(a * x + b), or export by tracing")
     copy_ = copy.deepcopy(model)
     with torch.no_grad():
         _bake_norms(copy_)
