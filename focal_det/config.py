@@ -1,4 +1,5 @@
-"""focal_det's config keys, all under ``cfg.MODEL.FOCAL_DET``, and their validation.
+"""focal_det's config keys, under ``cfg.MODEL.FOCAL_DET`` (and ``SOLVER.AMP.PRECISION`` beside
+Detectron2's ``SOLVER.AMP.ENABLED``), and their validation.
 
 ``add_focal_det_config`` only *adds* keys to the cfg it is given; it never touches Detectron2's
 global defaults, so ``detectron2.config.get_cfg()`` is the same with or without focal_det.
@@ -25,7 +26,8 @@ def add_focal_det_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL_DET = CN()
     # Classification loss: the single place it is configured (see focal_det.losses).
     _C.MODEL.FOCAL_DET.CLS_LOSS = CN()
-    # Registered name: FocalLoss, FocalLossStar, CrossEntropy, BalancedCrossEntropy, or your own.
+    # Registered name (CLS_LOSS_REGISTRY): FocalLoss, FocalLossStar, CrossEntropy,
+    # BalancedCrossEntropy, SoftmaxFocalLoss (K + 1 logits), or your own.
     _C.MODEL.FOCAL_DET.CLS_LOSS.NAME = "FocalLoss"
     # Focusing parameter gamma (FL: >= 0; FL*: > 0, the steepness). Ignored by the CE losses.
     _C.MODEL.FOCAL_DET.CLS_LOSS.GAMMA = 2.0
@@ -43,6 +45,10 @@ def add_focal_det_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL_DET.HEAD.BIAS_INIT = "PriorProb"
     # Foreground probability pi every anchor starts with under PriorProb; in (0, 1).
     _C.MODEL.FOCAL_DET.HEAD.PRIOR_PROB = 0.01
+    # Head conv weights: "fixed" = N(0, 0.01) whatever the width (Detectron, Detectron2);
+    # "width_preserving" = std 0.01 * sqrt(256 / C), each conv's gain as at 256 channels (a
+    # departure from the paper at other widths; focal_det.modeling.head_init).
+    _C.MODEL.FOCAL_DET.HEAD.WEIGHT_INIT = "fixed"
 
     # Classification-loss normalizer: "num_fg" = foreground anchors in the batch, summed over
     # all workers (the paper); "ema" = Detectron2's moving average (momentum 0.9, start 100).
@@ -69,6 +75,10 @@ def add_focal_det_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL_DET.CROWD.IOA_THRESH = 0.5
     # Images with more GT boxes than this match anchors in chunks of this many (bounds memory).
     _C.MODEL.FOCAL_DET.MATCHER_CHUNK = 256
+    # A GT box's best anchor (Detectron2's low-quality match) is positive only if its IoU is at
+    # least this: 0.0 = at any IoU (Detectron2), 0.4 = Detectron's rule (the paper's code;
+    # focal_det.modeling.matching). Only with MODEL.RETINANET's low-quality matches on.
+    _C.MODEL.FOCAL_DET.LOW_QUALITY_MATCH_MIN_IOU = 0.0
     # Diagnostics: log per-tensor gradient norms (before clipping) and how many tensors the
     # clipping cuts, for the first N iterations, to OUTPUT_DIR/grad_stats.jsonl; 0: off.
     _C.MODEL.FOCAL_DET.GRAD_STATS_ITERS = 0
@@ -77,6 +87,13 @@ def add_focal_det_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL_DET.FOLD_NORMS = True
     # Channels-last weights and inputs (faster and leaner on CPU in benchmarks/bench_model.py).
     _C.MODEL.FOCAL_DET.CHANNELS_LAST = True
+    # Inference under autocast (focal_det.precision): "float32" (none), "bfloat16", "float16"
+    # or "auto" (float16 on CUDA, bfloat16 on CPU). Scores, box decoding and NMS stay float32.
+    _C.MODEL.FOCAL_DET.INFERENCE_PRECISION = "float32"
+    # Mixed-precision training with SOLVER.AMP.ENABLED (focal_det.engine.amp): the autocast
+    # dtype, named as Detectron2 main's AMPTrainer(precision=...): "auto" (float16 with a
+    # gradient scaler on CUDA, as Detectron2; bfloat16 on CPU), "bfloat16" or "float16".
+    _C.SOLVER.AMP.PRECISION = "auto"
     return cfg
 
 
@@ -136,4 +153,26 @@ def check_num_classes(cfg: CN) -> None:
                 f"MODEL.RETINANET.NUM_CLASSES={cfg.MODEL.RETINANET.NUM_CLASSES} but the training "
                 f"dataset {name!r} has {len(classes)} classes {list(classes)[:10]}; "
                 f"set MODEL.RETINANET.NUM_CLASSES {len(classes)}"
+            )
+
+
+def validate_retinanet_config(cfg) -> None:
+    """Raise ValueError naming the key, value and what is allowed, for inconsistent configs."""
+    check_superseded_retinanet_keys(cfg)
+    r = cfg.MODEL.RETINANET
+    check_choice("MODEL.FOCAL_DET.LOSS_NORMALIZER", cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER,
+                 LOSS_NORMALIZERS)
+    check_iou_thresholds("MODEL.RETINANET.IOU_THRESHOLDS", r.IOU_THRESHOLDS, r.IOU_LABELS)
+    check_range("MODEL.RETINANET.SCORE_THRESH_TEST", r.SCORE_THRESH_TEST, 0.0, 1.0)
+    check_range("MODEL.RETINANET.NMS_THRESH_TEST", r.NMS_THRESH_TEST, 0.0, 1.0)
+    if r.NUM_CLASSES < 1:
+        raise ValueError(f"MODEL.RETINANET.NUM_CLASSES={r.NUM_CLASSES!r} must be >= 1")
+    levels = len(r.IN_FEATURES)
+    for key in ("SIZES", "ASPECT_RATIOS"):
+        value = cfg.MODEL.ANCHOR_GENERATOR[key]
+        if len(value) not in (1, levels):
+            raise ValueError(
+                f"MODEL.ANCHOR_GENERATOR.{key}={list(value)!r} has {len(value)} entries, but "
+                f"MODEL.RETINANET.IN_FEATURES={list(r.IN_FEATURES)!r} has {levels} levels; "
+                f"give one list per level (or a single list for all levels)"
             )

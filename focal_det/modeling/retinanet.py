@@ -14,6 +14,7 @@ anchors, matching, box coding, box losses, NMS and post-processing are Detectron
   the whole batch, summed over workers) or "ema" (Detectron2's moving average).
 """
 import logging
+from functools import partial
 from typing import List, Optional
 
 import torch
@@ -26,40 +27,20 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
-from ..bias_init import class_bias_pattern
-from ..config import LOSS_NORMALIZERS, check_choice, check_iou_thresholds, check_range
-from ..config import check_superseded_retinanet_keys
+from ..config import LOSS_NORMALIZERS, check_choice, check_range, validate_retinanet_config
 from ..losses import build_cls_loss
+from ..losses.base import require_loss
+from ..precision import PRECISIONS
 from .decoding import decode_detections
 from .fold import fold_norms as fold_norms_
-from .class_head import ClassHeadCheck, identity, wider_class_conv
+from .class_head import ClassHeadCheck, class_conv, identity
 from .crowd import ignore_crowd_anchors
-from .matching import match_in_chunks
-from .sampling import build_anchor_sampler
+from .head_init import apply_head_weight_init
+from .matching import match_in_chunks, with_low_quality_min_iou
+from .mixed import float32_outputs, inference_autocast, no_autocast
+from .sampling import anchor_losses, build_anchor_sampler
 
 logger = logging.getLogger(__name__)
-
-
-def validate_retinanet_config(cfg) -> None:
-    """Raise ValueError naming the key, value and what is allowed, for inconsistent configs."""
-    check_superseded_retinanet_keys(cfg)
-    r = cfg.MODEL.RETINANET
-    check_choice("MODEL.FOCAL_DET.LOSS_NORMALIZER", cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER,
-                 LOSS_NORMALIZERS)
-    check_iou_thresholds("MODEL.RETINANET.IOU_THRESHOLDS", r.IOU_THRESHOLDS, r.IOU_LABELS)
-    check_range("MODEL.RETINANET.SCORE_THRESH_TEST", r.SCORE_THRESH_TEST, 0.0, 1.0)
-    check_range("MODEL.RETINANET.NMS_THRESH_TEST", r.NMS_THRESH_TEST, 0.0, 1.0)
-    if r.NUM_CLASSES < 1:
-        raise ValueError(f"MODEL.RETINANET.NUM_CLASSES={r.NUM_CLASSES!r} must be >= 1")
-    levels = len(r.IN_FEATURES)
-    for key in ("SIZES", "ASPECT_RATIOS"):
-        value = cfg.MODEL.ANCHOR_GENERATOR[key]
-        if len(value) not in (1, levels):
-            raise ValueError(
-                f"MODEL.ANCHOR_GENERATOR.{key}={list(value)!r} has {len(value)} entries, but "
-                f"MODEL.RETINANET.IN_FEATURES={list(r.IN_FEATURES)!r} has {levels} levels; "
-                f"give one list per level (or a single list for all levels)"
-            )
 
 
 @META_ARCH_REGISTRY.register()
@@ -69,11 +50,14 @@ class FocalRetinaNet(RetinaNet):
     @configurable
     def __init__(self, *, cls_loss, bias_init: str = "PriorProb", prior_prob: float = 0.01,
                  loss_normalizer: str = "num_fg", matcher_chunk: int = 256,
-                 fold_norms: bool = True, channels_last: bool = False,
-                 crowd_ioa_thresh: Optional[float] = None, anchor_sampler=None, **kwargs):
+                 fold_norms: bool = True, channels_last: bool = True,
+                 crowd_ioa_thresh: Optional[float] = None, anchor_sampler=None,
+                 inference_precision: str = "float32", low_quality_min_iou: float = 0.0,
+                 head_weight_init: str = "fixed", **kwargs):
         """
         Args:
-            cls_loss: a loss object from ``focal_det.losses`` (see its registry's contract).
+            cls_loss: a :class:`focal_det.losses.ClassificationLoss` (its docstring is the
+                contract); it says how many logits per anchor the class conv predicts.
             bias_init, prior_prob: the class conv's initial bias, by the initializer registered
                 under ``bias_init`` in ``focal_det.bias_init`` (the paper's ``PriorProb``:
                 every anchor starts at foreground probability ``prior_prob`` under
@@ -90,21 +74,23 @@ class FocalRetinaNet(RetinaNet):
                 (:mod:`focal_det.modeling.crowd`); None: crowds are not used.
             anchor_sampler: which anchors the classification loss trains on
                 (:mod:`focal_det.modeling.sampling`, e.g. ``OHEM``); None: all (the paper's FL).
+            inference_precision: the autocast dtype of the network at inference, "float32"
+                (none), "bfloat16", "float16" or "auto" (:mod:`focal_det.modeling.mixed`).
+            low_quality_min_iou: a GT box's best anchor is positive only at this IoU or more
+                (Detectron: 0.4); 0: at any IoU, Detectron2 (:mod:`focal_det.modeling.matching`).
+            head_weight_init: "fixed" (N(0, 0.01), Detectron2) or "width_preserving" (each head
+                conv's gain as at 256 channels; :mod:`focal_det.modeling.head_init`).
             kwargs: everything :class:`detectron2.modeling.RetinaNet` takes.
         """
         super().__init__(**kwargs)
-        if hasattr(cls_loss, "check_num_classes"):  # e.g. one alpha per class
-            cls_loss.check_num_classes(self.num_classes)
-        # Logits per anchor: K, or K + 1 for a loss with a background logit (softmax FL)
-        self.num_logits = self.num_classes + int(getattr(cls_loss, "background_logit", False))
-        if self.num_logits != self.num_classes:
-            self.head.cls_score = wider_class_conv(self.head.cls_score, self.num_classes,
-                                                    self.num_logits)
-        # The paper's prior initialization, through the loss's own probability mapping.
-        pattern = class_bias_pattern(bias_init, cls_loss, prior_prob, self.num_classes)
-        with torch.no_grad():
-            self.head.cls_score.bias.copy_(pattern.repeat(
-                self.head.cls_score.out_channels // self.num_logits))
+        require_loss(cls_loss).check_num_classes(self.num_classes)  # e.g. one alpha per class
+        # Logits per anchor: K, or K + 1 for a loss with a background logit (softmax FL); the
+        # paper's prior initialization, through the loss's own probability mapping.
+        self.num_logits = cls_loss.num_logits(self.num_classes)
+        self.head.cls_score = class_conv(self.head.cls_score, cls_loss, self.num_classes,
+                                         bias_init, prior_prob)
+        apply_head_weight_init(self.head, head_weight_init)
+        self.anchor_matcher = with_low_quality_min_iou(self.anchor_matcher, low_quality_min_iou)
         check_choice("loss_normalizer", loss_normalizer, LOSS_NORMALIZERS)
         if matcher_chunk < 1:
             raise ValueError(f"MODEL.FOCAL_DET.MATCHER_CHUNK={matcher_chunk!r} must be >= 1")
@@ -113,7 +99,6 @@ class FocalRetinaNet(RetinaNet):
             check_range("MODEL.FOCAL_DET.CROWD.IOA_THRESH", crowd_ioa_thresh, 0.0, 1.0,
                         low_open=True)
         self.crowd_ioa_thresh = crowd_ioa_thresh
-        self._crowd_boxes = None  # the current training batch's crowd boxes (see forward)
         self.anchor_sampler = anchor_sampler
         self.cls_loss = cls_loss
         self.normalizer_mode = loss_normalizer  # not `loss_normalizer`: the EMA state lives there
@@ -122,6 +107,8 @@ class FocalRetinaNet(RetinaNet):
         for module in self.head.modules():  # the head's ReLUs write in place: same values,
             if type(module) is torch.nn.ReLU:  # 8 fewer feature-map allocations per level
                 module.inplace = True
+        check_choice("inference_precision", inference_precision, PRECISIONS)
+        self.inference_precision = inference_precision
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -151,24 +138,37 @@ class FocalRetinaNet(RetinaNet):
         ret["anchor_sampler"] = build_anchor_sampler(cfg)
         ret["fold_norms"] = cfg.MODEL.FOCAL_DET.FOLD_NORMS
         ret["channels_last"] = cfg.MODEL.FOCAL_DET.CHANNELS_LAST
+        ret["inference_precision"] = cfg.MODEL.FOCAL_DET.INFERENCE_PRECISION
+        ret["low_quality_min_iou"] = cfg.MODEL.FOCAL_DET.LOW_QUALITY_MATCH_MIN_IOU
+        ret["head_weight_init"] = cfg.MODEL.FOCAL_DET.HEAD.WEIGHT_INIT
         return ret
 
     def forward(self, batched_inputs):
-        if self.training and self.crowd_ioa_thresh is not None:
-            self._crowd_boxes = [x.get("crowd_boxes") for x in batched_inputs]
-        try:
+        if not self.training:
+            with inference_autocast(self.inference_precision, self.device):
+                return super().forward(batched_inputs)
+        if self.crowd_ioa_thresh is None:
             return super().forward(batched_inputs)
-        finally:
-            self._crowd_boxes = None
+        # DenseDetector.forward's training half, with each image's crowd boxes passed on
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        features = [features[f] for f in self.head_in_features]
+        predictions = self.head(features)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        crowd_boxes = [x.get("crowd_boxes") for x in batched_inputs]
+        return self.forward_training(images, features, predictions, gt_instances, crowd_boxes)
 
     @torch.no_grad()
-    def label_anchors(self, anchors, gt_instances):
+    def label_anchors(self, anchors, gt_instances, crowd_boxes=None):
         """As Detectron2's ``RetinaNet.label_anchors`` (labels (R,) in {-1, 0..K-1, K}, matched
-        boxes (R, 4)), with the IoU matrix computed in chunks of GT boxes when there are many."""
+        boxes (R, 4)), with the IoU matrix computed in chunks of GT boxes when there are many.
+        ``crowd_boxes``: per image, its crowd regions (Boxes or None), used with
+        ``crowd_ioa_thresh``."""
         anchors = Boxes.cat(anchors)
         gt_labels, matched_gt_boxes = [], []
-        crowds = self._crowd_boxes or [None] * len(gt_instances)
-        for gt, crowd in zip(gt_instances, crowds):
+        if crowd_boxes is None or self.crowd_ioa_thresh is None:
+            crowd_boxes = [None] * len(gt_instances)
+        for gt, crowd in zip(gt_instances, crowd_boxes):
             matched_idxs, anchor_labels = match_in_chunks(
                 self.anchor_matcher, gt.gt_boxes, anchors, self.matcher_chunk
             )
@@ -220,8 +220,12 @@ class FocalRetinaNet(RetinaNet):
         if self.anchor_sampler is None:
             loss_cls = self.classification_loss(pred_logits, gt_labels) / normalizer
         else:  # e.g. OHEM: the loss of the chosen anchors over their number
-            chosen = self.anchor_sampler.select(self, Boxes.cat(anchors).tensor, pred_logits,
-                                                gt_labels, pred_anchor_deltas, gt_boxes)
+            boxes = Boxes.cat(anchors).tensor
+            box_coder = self.box2box_transform if self.box_reg_loss_type == "smooth_l1" else None
+            anchor_loss = partial(anchor_losses, self.cls_loss, self.num_classes, boxes,
+                                  pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
+                                  box_coder, self.smooth_l1_beta)
+            chosen = self.anchor_sampler.select(boxes, gt_labels, self.num_classes, anchor_loss)
             sampled = torch.where(chosen, gt_labels, torch.full_like(gt_labels, -1))
             loss_cls = (self.classification_loss(pred_logits, sampled)
                         / self.anchor_sampler.normalizer(chosen))
@@ -236,12 +240,13 @@ class FocalRetinaNet(RetinaNet):
         )
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
-    def forward_training(self, images, features, predictions, gt_instances):
-        """Detectron2's, with ``num_logits`` logits per anchor (K + 1 for softmax FL)."""
+    def forward_training(self, images, features, predictions, gt_instances, crowd_boxes=None):
+        """Detectron2's, with ``num_logits`` logits per anchor (K + 1 for softmax FL) and each
+        image's crowd boxes (see :meth:`label_anchors`)."""
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
             predictions, [self.num_logits, 4])
         anchors = self.anchor_generator(features)
-        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances, crowd_boxes)
         return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
 
     def classification_loss(self, pred_logits: List[Tensor], gt_labels: Tensor) -> Tensor:
@@ -273,13 +278,17 @@ class FocalRetinaNet(RetinaNet):
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ):
         """Detectron2's post-processing (scores = ``cls_loss.probs``), with the same result
-        and less work: see :mod:`focal_det.modeling.decoding`."""
+        and less work: see :mod:`focal_det.modeling.decoding`. Float32 whatever the
+        network's precision (:mod:`focal_det.modeling.mixed`)."""
+        if predictions[0][0].dtype != torch.float32:  # the network ran under autocast
+            with no_autocast(self.device):
+                return self.forward_inference(images, features, float32_outputs(predictions))
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
             predictions, [self.num_logits, 4]
         )
         anchors = self.anchor_generator(features)
         probs = self.cls_loss.probs
-        if not getattr(self.cls_loss, "probs_elementwise", True):
+        if not self.cls_loss.probs_elementwise:
             # e.g. softmax: a score depends on all of its anchor's logits, so the candidates
             # are chosen on the scores themselves (decoding's shortcut needs an elementwise map)
             pred_logits, probs = [probs(x) for x in pred_logits], identity

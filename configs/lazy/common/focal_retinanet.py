@@ -57,6 +57,10 @@ model = L(FocalRetinaNet)(
     prior_prob=0.01,
     loss_normalizer="ema",  # Detectron2's moving average, as Base-FocalRetinaNet.yaml
     matcher_chunk=256,
+    # Detectron2's low-quality matches at any IoU (Detectron, the paper's code: 0.4), and
+    # Detectron2's N(0, 0.01) head weights ("width_preserving": each conv's gain as at 256).
+    low_quality_min_iou=0.0,
+    head_weight_init="fixed",
     fold_norms=True,
     channels_last=True,
 )
