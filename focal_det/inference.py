@@ -8,6 +8,8 @@ from typing import Callable, Optional
 import torch
 from detectron2.config import CfgNode
 
+from .lazy_run import LazyRunConfig
+
 
 @dataclass
 class InferenceSpec:
@@ -20,7 +22,7 @@ class InferenceSpec:
     weights_key: str = "MODEL.WEIGHTS"  # where the config names the weights
 
 
-def _lazy_resize(cfg):
+def lazy_resize(cfg):
     """(short edge, max size) of the test mapper's ResizeShortestEdge."""
     for aug in cfg.dataloader.test.mapper.get("augmentations", []):
         if "short_edge_length" in aug:
@@ -32,6 +34,8 @@ def _lazy_resize(cfg):
 
 
 def inference_spec(cfg) -> InferenceSpec:
+    if isinstance(cfg, LazyRunConfig):  # the engine's view of a LazyConfig: read the LazyConfig
+        cfg = cfg.lazy
     if isinstance(cfg, CfgNode):
         from detectron2.modeling import build_model
 
@@ -43,7 +47,7 @@ def inference_spec(cfg) -> InferenceSpec:
     from detectron2.config import instantiate
 
     names = cfg.dataloader.test.dataset.names
-    min_size, max_size = _lazy_resize(cfg)
+    min_size, max_size = lazy_resize(cfg)
     return InferenceSpec(
         build_model=lambda: instantiate(cfg.model).to(cfg.train.device).eval(),
         weights=cfg.train.init_checkpoint, min_size=min_size, max_size=max_size,
@@ -54,6 +58,8 @@ def inference_spec(cfg) -> InferenceSpec:
 
 def set_score_threshold(cfg, value: float) -> None:
     """The detector's test score threshold (``SCORE_THRESH_TEST``), either config kind."""
+    if isinstance(cfg, LazyRunConfig):
+        cfg = cfg.lazy
     if isinstance(cfg, CfgNode):
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = value
     else:

@@ -29,12 +29,29 @@ engine.main(args)
 MAX_ITER = 10
 
 
-def _command(tmp_path, out, resume):
+# The same run from the LazyConfig .py config: one engine, the same exact resume.
+LAZY_OPTS = [
+    "dataloader.train.dataset.names=resume_train", "dataloader.test.dataset.names=resume_train",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
+    "dataloader.train.mapper.augmentations.0.max_size=64",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+    "dataloader.test.mapper.augmentations.0.max_size=64",
+    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=1",
+    "dataloader.test.num_workers=0", f"train.max_iter={MAX_ITER}",
+    "lr_multiplier.scheduler.milestones=[7,9]", f"lr_multiplier.scheduler.num_updates={MAX_ITER}",
+    f"lr_multiplier.warmup_length={3 / MAX_ITER}", "train.checkpointer.period=2",
+    "train.eval_period=0", "train.seed=7", "model.loss_normalizer=ema"]
+
+
+def _command(tmp_path, out, resume, kind="yaml"):
     script = tmp_path / "runner.py"
     script.write_text(RUNNER.format(repo=REPO, data=str(tmp_path / "data")))
-    return [sys.executable, str(script),
+    head = [sys.executable, str(script), *(["--resume"] if resume else []), "--vis-images", "-1"]
+    if kind == "py":
+        return head + ["--config-file", os.path.join(CONFIGS, "lazy", "retinanet_R18_shapes.py"),
+                       f"train.output_dir={out}", *LAZY_OPTS]
+    return head + [
             "--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
-            *(["--resume"] if resume else []), "--vis-images", "-1",
             "OUTPUT_DIR", str(out), "DATASETS.TRAIN", "('resume_train',)", "DATASETS.TEST", "()",
             "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
             "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(MAX_ITER),
@@ -86,19 +103,20 @@ def _final_weights(out):
     return torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
 
 
-def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("kind", ["yaml", "py"])
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, kind):
     ref = tmp_path / "uninterrupted"
-    _run(_command(tmp_path, ref, resume=False))
+    _run(_command(tmp_path, ref, resume=False, kind=kind))
 
     out = tmp_path / "killed"
-    _run_until_killed(_command(tmp_path, out, resume=False), out, 1, 0.0)
-    _run_until_killed(_command(tmp_path, out, resume=True), out, 2, 0.15)
-    _run_until_killed(_command(tmp_path, out, resume=True), out, 3, 0.05)
+    _run_until_killed(_command(tmp_path, out, resume=False, kind=kind), out, 1, 0.0)
+    _run_until_killed(_command(tmp_path, out, resume=True, kind=kind), out, 2, 0.15)
+    _run_until_killed(_command(tmp_path, out, resume=True, kind=kind), out, 3, 0.05)
     assert not (out / "model_final.pth").exists(), "a kill came too late to test anything"
     last = (out / "last_checkpoint").read_text()
     ckpt = torch.load(out / last, map_location="cpu", weights_only=True)
     assert 0 < ckpt["iteration"] < MAX_ITER - 1
-    _run(_command(tmp_path, out, resume=True))
+    _run(_command(tmp_path, out, resume=True, kind=kind))
 
     starts = [int(line.rsplit(" ", 1)[1]) for line in open(out / "log.txt")
               if "Starting training from iteration" in line]

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One prepared GPU check (`make gpu-check`): on a CUDA machine, in one call of under 10 minutes,
 #   1. the CUDA-only tests (tests/test_cuda.py: compiled Triton loss vs float64, model on CUDA vs
-#      CPU, AMP step), with TRITON_INTERPRET=0 so the kernel is really compiled;
-#   2. 100 iterations of AMP training on the built-in config, then its COCO evaluation;
+#      CPU, AMP step) and the loss in every dtype (tests/test_loss_dtypes.py: fp32/bf16/fp16 x
+#      every gamma case on CUDA), with TRITON_INTERPRET=0 so the kernel is really compiled;
+#   2. 100 iterations of AMP training on the built-in config in float16 (gradient scaler) and in
+#      bfloat16, each then evaluated (COCO AP);
 #   3. bench_losses, bench_model and bench_scales (Table 1e speed) on CUDA;
 # writing JSON to benchmarks/results/ (gpu_check_*.json, bench_*_cuda.json) and logs to
 # output/gpu_check/. Without CUDA it says so and exits 2. PYTHON selects the interpreter.
@@ -31,15 +33,20 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run with a hard limit, log, remember
     >> "$out/steps.jsonl"
 }
 rm -f "$out/steps.jsonl"
-step cuda_tests 100 env TRITON_INTERPRET=0 "$py" -m pytest -q -m cuda tests/test_cuda.py -rs
-step amp_train 170 "$py" train_net.py --config-file configs/builtin/retinanet_R18_shapes.yaml \
-  --vis-images -1 MODEL.DEVICE cuda SOLVER.AMP.ENABLED True SOLVER.MAX_ITER 100 \
-  SOLVER.STEPS "(80,)" SOLVER.WARMUP_ITERS 20 SOLVER.CHECKPOINT_PERIOD 100 TEST.EVAL_PERIOD 0 \
-  OUTPUT_DIR "$out/amp_train"
-cp "$out/amp_train/metrics.json" "$results/gpu_check_amp_train_metrics.json" 2>/dev/null
+step cuda_tests 90 env TRITON_INTERPRET=0 "$py" -m pytest -q -m cuda tests/test_cuda.py -rs
+step dtype_tests 90 env TRITON_INTERPRET=0 "$py" -m pytest -q tests/test_loss_dtypes.py -rs
+for precision in float16 bfloat16; do
+  step "amp_train_$precision" 110 "$py" train_net.py \
+    --config-file configs/builtin/retinanet_R18_shapes.yaml --vis-images -1 MODEL.DEVICE cuda \
+    SOLVER.AMP.ENABLED True SOLVER.AMP.PRECISION "$precision" SOLVER.MAX_ITER 100 \
+    SOLVER.STEPS "(80,)" SOLVER.WARMUP_ITERS 20 SOLVER.CHECKPOINT_PERIOD 100 TEST.EVAL_PERIOD 0 \
+    OUTPUT_DIR "$out/amp_train_$precision"
+  cp "$out/amp_train_$precision/metrics.json" \
+    "$results/gpu_check_amp_train_${precision}_metrics.json" 2>/dev/null
+done
 step bench_losses 90 "$py" -m benchmarks.bench_losses --device cuda --repeats 5 \
   --output "$results"
-step bench_model 150 "$py" -m benchmarks.bench_model --device cuda --repeats 3 \
+step bench_model 120 "$py" -m benchmarks.bench_model --device cuda --repeats 3 \
   --no-torchvision --output "$results"
 step bench_scales 80 "$py" -m benchmarks.bench_scales --device cuda --repeats 5 --output "$results"
 cp "$out/steps.jsonl" "$results/gpu_check_steps.jsonl"

@@ -1,7 +1,8 @@
 """What ``train_net.py`` does: parse, check before any work, launch, train or evaluate.
 
-A ``.yaml`` config trains with :class:`focal_det.engine.Trainer`; a LazyConfig ``.py`` config
-with :mod:`focal_det.engine.lazy`. Both take Detectron2's command line (``--num-gpus``,
+``.yaml`` and LazyConfig ``.py`` configs train and evaluate through one path,
+:class:`focal_det.engine.Trainer` (a ``.py`` config as its
+:class:`focal_det.lazy_run.LazyRunConfig` view). Both take Detectron2's command line (``--num-gpus``,
 ``--resume``, ``--eval-only``, ...) plus ``--vis-images``, ``--keep-checkpoints``,
 ``--register-coco``, ``--dist-timeout`` and ``--preempt-signals``. Processes are started by
 :mod:`focal_det.engine.launcher` (or by torchrun / srun); signals by
@@ -21,7 +22,10 @@ from ..checkpoint import FocalCheckpointer
 from ..data import prepare_datasets
 from ..errors import FocalDetError
 from ..preflight import check_datasets, check_device, check_weights
-from . import launcher, lazy, preemption
+from ..lazy_run import LazyRunConfig, run_config
+from ..precision import resolve
+from . import launcher, preemption
+from .amp import train_precision
 from .trainer import Trainer
 
 logger = logging.getLogger("focal_det")
@@ -46,25 +50,32 @@ def get_parser():
 
 
 def load_cfg(args):
-    """The run's config (``CfgNode`` or LazyConfig), after registering ``--register-coco``."""
+    """The run's config, after registering ``--register-coco``: a ``CfgNode`` for a ``.yaml``
+    file, the :class:`LazyRunConfig` view of a ``.py`` one."""
     cli.register_coco_datasets(getattr(args, "register_coco", None))
-    return cli.load_config(args.config_file, args.opts)
+    cfg = cli.load_config(args.config_file, args.opts)
+    return run_config(cfg) if cli.is_lazy_config(args.config_file) else cfg
+
+
+def _key(cfg, name: str) -> str:
+    return cfg.key(name) if isinstance(cfg, LazyRunConfig) else name
 
 
 def preflight(args) -> None:
-    """Before any process starts or anything is written: the device exists, and every dataset
-    this run reads is there and sound (focal_det.preflight)."""
+    """Before any process starts or anything is written: the device exists and can run the
+    precisions asked for, the weights file exists, and every dataset this run reads is there
+    and sound (focal_det.preflight)."""
     cfg = load_cfg(args)
-    if cli.is_lazy_config(args.config_file):
-        device = cfg.train.device
-        names = lazy.dataset_names(cfg, train=not args.eval_only)
-    else:
-        device = cfg.MODEL.DEVICE
-        names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
-        resuming = args.resume and os.path.exists(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-        if not resuming:  # a resumed run loads its own checkpoint instead
-            check_weights("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS)
+    device = cfg.MODEL.DEVICE
+    names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+    resuming = args.resume and os.path.exists(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if not resuming:  # a resumed run loads its own checkpoint instead
+        check_weights(_key(cfg, "MODEL.WEIGHTS"), cfg.MODEL.WEIGHTS)
     check_device(device, args.num_gpus)
+    if not args.eval_only:
+        train_precision(cfg)
+    resolve(cfg.MODEL.FOCAL_DET.INFERENCE_PRECISION, device,
+            key=_key(cfg, "MODEL.FOCAL_DET.INFERENCE_PRECISION"))
     preemption.signal_names(args.preempt_signals)
     prepare_datasets(names)
     check_datasets(names)
@@ -74,13 +85,10 @@ def preflight(args) -> None:
 def setup(args):
     """The frozen config, with Detectron2's setup (output folder, logs, seed) done."""
     cfg = load_cfg(args)
-    default_setup(cfg, args)
-    output_dir = lazy.output_dir(cfg) if cli.is_lazy_config(args.config_file) else cfg.OUTPUT_DIR
-    setup_logger(output=output_dir, distributed_rank=comm.get_rank(), name="focal_det")
-    if cli.is_lazy_config(args.config_file):
-        prepare_datasets(lazy.dataset_names(cfg, train=True))
-    else:
-        prepare_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    # Detectron2 saves the config it is given (config.yaml): the LazyConfig itself for .py
+    default_setup(cfg.lazy if isinstance(cfg, LazyRunConfig) else cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_det")
+    prepare_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     return cfg
 
 
@@ -111,8 +119,6 @@ def main(args):
 
 def _main(args):
     cfg = setup(args)
-    if cli.is_lazy_config(args.config_file):
-        return lazy.main(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = FocalCheckpointer(model, save_dir=cfg.OUTPUT_DIR,

@@ -1,12 +1,19 @@
 """focal_det's trainer: Detectron2's ``DefaultTrainer`` with safe, atomic checkpoints, an exactly
-resumable data stream, focal_det's evaluator, and everything exact resume needs in one state.
+resumable data stream, focal_det's evaluator, mixed precision on any device
+(:mod:`focal_det.engine.amp`), and everything exact resume needs in one state.
+
+It trains ``.yaml`` configs and LazyConfig ``.py`` ones alike: a ``.py`` config arrives as its
+:class:`focal_det.lazy_run.LazyRunConfig` view, and the builders below take their pieces from
+it (:mod:`focal_det.engine.lazy`); everything else (hooks, resume, preemption) is one path.
 
 The checkpointed trainer state (``Trainer.state_dict``) is Detectron2's (iteration, hooks:
 LR scheduler) plus, under ``"focal_det"``, what Detectron2 does not keep: the optimizer
 (Detectron2 v0.6 did not checkpoint it; later versions add ``"_trainer"``, which is used when
 present), the torch RNG and RetinaNet's EMA loss normalizer (a plain attribute of the model).
 """
+import logging
 import os
+import warnings
 import weakref
 
 import detectron2.utils.comm as comm
@@ -20,11 +27,12 @@ from detectron2.engine import DefaultTrainer, hooks
 
 from ..checkpoint import FocalCheckpointer
 from ..config import check_num_classes
+from ..lazy_run import LazyRunConfig
 from ..data.checks import FocalDatasetMapper, sanitize_boxes
 from ..data.resumable import PositionalDataset, PositionalSampler, SeededMapper
 from ..evaluation import FocalCOCOEvaluator
 from ..utils.ddp import cpu_ddp_support
-from . import grad_stats, preemption
+from . import amp, grad_stats, lazy, preemption
 
 # Where checkpoints written before this module existed kept the RNG and EMA state.
 _LEGACY_HOOK_SUFFIX = "ResumeStateHook"
@@ -40,8 +48,13 @@ class Trainer(DefaultTrainer):
         """``keep_checkpoints``: keep only this many most recent periodic checkpoints (besides
         model_final); 0 keeps all, as Detectron2 does."""
         self.keep_checkpoints = keep_checkpoints
-        with cpu_ddp_support():  # lets several CPU processes (gloo) train too
+        precision = amp.train_precision(cfg)  # before any work: a device that cannot is an error
+        with cpu_ddp_support(), warnings.catch_warnings():  # gloo lets CPU processes train too
+            # Detectron2 builds a CUDA GradScaler for AMP; amp.enable replaces it
+            warnings.filterwarnings("ignore", message=".*GradScaler.*")
             super().__init__(cfg)
+        if precision is not None:
+            amp.enable(self._trainer, cfg.MODEL.DEVICE, precision)
 
     def build_hooks(self):
         # DefaultTrainer made a DetectionCheckpointer just before calling this; swap in ours
@@ -50,18 +63,27 @@ class Trainer(DefaultTrainer):
             self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         ret = super().build_hooks()
+        lazy_cfg = isinstance(self.cfg, LazyRunConfig)
         for h in ret:
-            if isinstance(h, hooks.PeriodicCheckpointer) and self.keep_checkpoints > 0:
-                h.max_to_keep = self.keep_checkpoints
+            if isinstance(h, hooks.PeriodicCheckpointer):
+                if self.keep_checkpoints > 0:
+                    h.max_to_keep = self.keep_checkpoints
+                elif lazy_cfg and self.cfg.max_to_keep:  # train.checkpointer.max_to_keep
+                    h.max_to_keep = self.cfg.max_to_keep
+            if isinstance(h, hooks.PeriodicWriter) and lazy_cfg:
+                h._period = self.cfg.log_period  # train.log_period
         # Last: it sees the iteration after every other hook (checkpoint, writers) is done.
         self.preemption_hook = preemption.PreemptionHook()
         return [self.preemption_hook.marker] + ret + [self.preemption_hook]
 
     def train(self):
         """Detectron2's training loop; a signal (focal_det.engine.preemption) ends it with a
-        checkpoint of the last complete iteration and exit code 75."""
+        checkpoint of the last complete iteration and exit code 75. Returns the last
+        evaluation's results ({} without one), as Detectron2 does only with
+        ``TEST.EXPECTED_RESULTS``."""
         try:
-            return super().train()
+            super().train()
+            return getattr(self, "_last_eval_results", {})
         except preemption.Preempted:
             preemption.save_and_exit(self.checkpointer, self.cfg.OUTPUT_DIR, self.start_iter,
                                      getattr(self, "preemption_hook", None))
@@ -73,13 +95,33 @@ class Trainer(DefaultTrainer):
         return super().test(cfg, model, evaluators)
 
     @classmethod
+    def build_model(cls, cfg):
+        if isinstance(cfg, LazyRunConfig):
+            model = lazy.build_model(cfg)
+            logging.getLogger(__name__).info(f"Model:\n{model}")
+            return model
+        return super().build_model(cfg)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        if isinstance(cfg, LazyRunConfig):
+            return lazy.build_lr_scheduler(cfg, optimizer)
+        return super().build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
     def build_optimizer(cls, cfg, model):
-        optimizer = super().build_optimizer(cfg, model)
+        if isinstance(cfg, LazyRunConfig):
+            optimizer = lazy.build_optimizer(cfg, model)
+        else:
+            optimizer = super().build_optimizer(cfg, model)
         grad_stats.install(optimizer, model, cfg)  # MODEL.FOCAL_DET.GRAD_STATS_ITERS > 0 only
         return optimizer
 
     @classmethod
     def build_train_loader(cls, cfg, start_position: int = 0):
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        if isinstance(cfg, LazyRunConfig):
+            return lazy.build_train_loader(cfg, seed, start_position)
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
@@ -89,7 +131,6 @@ class Trainer(DefaultTrainer):
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":  # e.g. repeat-factor sampling
             return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
         # Exactly resumable stream (focal_det.data.resumable), otherwise as TrainingSampler.
-        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return build_detection_train_loader(
             cfg, mapper=SeededMapper(mapper, seed), dataset=PositionalDataset(dataset, seed),
             sampler=PositionalSampler(start_position),
@@ -138,10 +179,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        if isinstance(cfg, LazyRunConfig):
+            return preemption.StopOnSignal(lazy.build_test_loader(cfg, dataset_name))
         return preemption.StopOnSignal(build_detection_test_loader(
             cfg, dataset_name, mapper=FocalDatasetMapper(cfg, False)))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if isinstance(cfg, LazyRunConfig):
+            return lazy.build_evaluator(cfg, dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return FocalCOCOEvaluator(dataset_name, output_dir=output_folder)
