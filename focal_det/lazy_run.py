@@ -27,18 +27,25 @@ LazyConfig                         key the engine reads
 =================================  =============================================
 
 ``train.checkpointer.max_to_keep`` and ``train.log_period`` are kept as attributes
-(``max_to_keep``, ``log_period``): the ``.yaml`` schema has no key for them.
+(``max_to_keep``, ``log_period``): the ``.yaml`` schema has no key for them. ``train.ddp`` is
+Detectron2's ``DefaultTrainer`` DDP (``broadcast_buffers=False``, the rest default); another
+setting there is refused, not ignored.
 """
 from typing import List
 
 from detectron2.config import CfgNode
 
 from .config import get_cfg
+from .errors import FocalDetError
 
 __all__ = ["LazyRunConfig", "run_config", "dataset_names", "KEYS"]
 
 KEYS = {"MODEL.WEIGHTS": "train.init_checkpoint", "OUTPUT_DIR": "train.output_dir",
         "MODEL.DEVICE": "train.device"}
+
+
+DDP_DEFAULTS = {"broadcast_buffers": False, "find_unused_parameters": False,
+                "fp16_compression": False}
 
 
 class LazyRunConfig(CfgNode):
@@ -66,6 +73,11 @@ def run_config(lazy) -> LazyRunConfig:
     from .inference import lazy_resize  # the test resize, as Predictor reads it
 
     train, loaders = lazy.train, lazy.dataloader
+    ddp = {k: v for k, v in dict(train.get("ddp", {})).items() if DDP_DEFAULTS.get(k) != v}
+    if ddp:
+        raise FocalDetError(f"train.ddp={ddp}: focal_det's engine runs Detectron2's "
+                            f"DefaultTrainer DDP {DDP_DEFAULTS}; other settings are not "
+                            "supported (remove them)")
     cfg = get_cfg()
     cfg.OUTPUT_DIR = train.output_dir
     cfg.MODEL.DEVICE = train.device

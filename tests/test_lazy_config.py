@@ -136,3 +136,24 @@ def test_train_net_trains_and_evaluates_from_a_py_config(tmp_path):
          f"train.init_checkpoint={out / 'model_final.pth'}"])
     res2 = engine.main(args)
     assert res2["bbox"]["AP"] == pytest.approx(res["bbox"]["AP"], abs=1e-6)
+
+
+def test_the_engine_view_of_a_py_config_carries_its_settings_or_refuses_them():
+    """What the one Trainer reads of a .py config (focal_det.lazy_run): every train/dataloader
+    setting it uses, and a DDP setting it cannot honour is an error, not ignored."""
+    from focal_det.errors import FocalDetError
+    from focal_det.lazy_run import run_config
+
+    view = run_config(cli.load_config(SHAPES_PY, [
+        "train.output_dir=/tmp/x", "train.max_iter=7", "train.amp.enabled=True",
+        "train.checkpointer.max_to_keep=2", "train.log_period=5", "train.seed=11"]))
+    assert (view.OUTPUT_DIR, view.SOLVER.MAX_ITER, view.SEED) == ("/tmp/x", 7, 11)
+    assert view.SOLVER.AMP.ENABLED and view.SOLVER.AMP.PRECISION == "auto"
+    assert view.DATASETS.TRAIN == ("focal_det_shapes_train",)
+    assert view.DATASETS.TEST == ("focal_det_shapes_val",)
+    assert (view.SOLVER.IMS_PER_BATCH, view.INPUT.MIN_SIZE_TEST, view.MODEL.DEVICE) == (8, 128,
+                                                                                       "cpu")
+    assert (view.max_to_keep, view.log_period, view.key("MODEL.WEIGHTS")) == (
+        2, 5, "train.init_checkpoint")
+    with pytest.raises(FocalDetError, match="train.ddp=.*fp16_compression"):
+        run_config(cli.load_config(SHAPES_PY, ["train.ddp.fp16_compression=True"]))

@@ -1,8 +1,8 @@
 # The built-in default (configs/builtin/retinanet_R18_shapes.yaml) as a LazyConfig: RetinaNet
 # R18-FPN from scratch on the generated shapes data, 128 px, 2 CPU cores. The model is the same
-# (parameter names, shapes and loss: tests/test_lazy_config.py). Differences from the .yaml run:
-# the data stream is Detectron2's TrainingSampler (the .yaml run's stream is exactly resumable
-# mid-epoch), and --resume does not restore the torch RNG or the EMA normalizer.
+# (parameter names, shapes and loss: tests/test_lazy_config.py), and it trains through the same
+# engine as the .yaml run (every flag, the exactly resumable data stream, exact --resume:
+# tests/test_resume.py).
 #   python train_net.py --config-file configs/lazy/retinanet_R18_shapes.py
 #   python train_net.py --config-file ... --eval-only train.init_checkpoint=output/lazy/model_final.pth
 import detectron2.data.transforms as T
