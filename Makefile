@@ -64,10 +64,9 @@ ablate-letters: $(STAMP)
 		--iters 1200 --eval-points 4 --seeds 0 1 --output output/ablation_letters
 
 # The backbone of the paper-faithful recipe: R18 pretrained on generated images (~25 min on 2
-# cores; resumes).
+# cores; resumes). The recipe is the tool's defaults (focal_det.pretrain.train.Settings).
 pretrain: $(STAMP)
-	$(PY) tools/pretrain_backbone.py --output output/pretrain_R18_glyphs --iters 3000 \
-		--eval-period 500 --log-period 50 --resume
+	$(PY) tools/pretrain_backbone.py --output output/pretrain_R18_glyphs --resume
 
 # docs/REPRODUCTION.md Section 6: backbone, faithful grid, attribution arm, gradient norms,
 # verdict and Figure 4 (~2.5 h on 2 cores after the backbone; resumes where it stopped).

@@ -69,11 +69,17 @@ def make_batch(n, h, w, device, seed=0):
     return batch
 
 
-def train_step(model, optimizer, batch):
+def train_step(model, optimizer, batch, forward_dtype=None):
+    """One step; ``forward_dtype`` (e.g. torch.bfloat16): the forward under the device's
+    autocast, the backward and the SGD step outside it, as focal_det.engine.amp runs them."""
+    import contextlib
+
     from detectron2.utils.events import EventStorage
 
     model.train()
-    with EventStorage():
+    autocast = (torch.autocast(batch[0]["image"].device.type, dtype=forward_dtype)
+                if forward_dtype is not None else contextlib.nullcontext())
+    with EventStorage(), autocast:
         losses = model(batch)
     optimizer.zero_grad()
     sum(losses.values()).backward()

@@ -1,6 +1,7 @@
 """What every focal_det command shares: the config (a ``.yaml`` or a LazyConfig ``.py``) from
 ``--config-file`` and overrides, ``--register-coco``, ``--output``, the line that regenerates a
-report, and writing the report.
+report, writing the report, and running a command (:func:`run_tool`: a mistake in the user's
+input is one line, no traceback).
 
 ``train_net.py``, ``demo.py``, ``tools/*`` and ``benchmarks/*`` build their parsers and configs
 here, so a new command reads like the others and a fix lands everywhere at once.
@@ -10,15 +11,15 @@ import json
 import os
 import shlex
 import sys
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 from .data.register import register_coco_datasets
 from .errors import FocalDetError
 from .utils.files import atomic_write_text
 
 __all__ = ["add_config_args", "add_register_coco", "add_output", "is_lazy_config",
-           "load_config", "load_yaml_config", "regenerate_command", "write_report",
-           "ConfigFileError", "register_coco_datasets"]
+           "check_config_file", "load_config", "load_yaml_config", "regenerate_command",
+           "write_report", "run_tool", "ConfigFileError", "YAML_ONLY", "register_coco_datasets"]
 
 
 class ConfigFileError(FocalDetError, ValueError):
@@ -26,15 +27,17 @@ class ConfigFileError(FocalDetError, ValueError):
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, repeatable: bool = False,
-                    opts: str = "positional") -> None:
+                    opts: str = "positional", lazy: bool = True) -> None:
     """``--config-file`` (``repeatable``: several) and the overrides: ``opts="positional"``
     (Detectron2's ``KEY VALUE ...`` at the end) or ``"flag"`` (``--opts KEY VALUE ...``, the
-    demo's interface). ``.yaml`` overrides are ``KEY VALUE`` pairs, ``.py`` ones ``key=value``."""
+    demo's interface). ``.yaml`` overrides are ``KEY VALUE`` pairs, ``.py`` ones ``key=value``.
+    ``lazy=False``: the command reads ``.yaml`` configs only (:func:`load_yaml_config`)."""
+    kinds = "a .yaml config or a LazyConfig .py config" if lazy else f"a .yaml config ({YAML_ONLY})"
     parser.add_argument("--config-file", metavar="FILE", required=True,
                         action="append" if repeatable else "store",
-                        help="a .yaml config or a LazyConfig .py config" +
-                             (" (repeatable)" if repeatable else ""))
-    help_ = "config overrides: KEY VALUE pairs (.yaml) or key=value (.py)"
+                        help=kinds + (" (repeatable)" if repeatable else ""))
+    help_ = ("config overrides: KEY VALUE pairs (.yaml) or key=value (.py)" if lazy else
+             "config overrides: KEY VALUE pairs")
     if opts == "flag":
         parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help=help_)
     else:
@@ -58,19 +61,28 @@ def is_lazy_config(path: str) -> bool:
     return path.endswith(".py")
 
 
-def _check_file(path: str) -> None:
+YAML_ONLY = "this command does not read LazyConfig .py configs"
+
+
+def check_config_file(path: str, *, lazy: bool = True) -> None:
+    """``path`` exists and is a ``.yaml`` config or (``lazy``) a LazyConfig ``.py`` one; the
+    message names ``--config-file``."""
     if not os.path.isfile(path):
         raise ConfigFileError(f"--config-file {path!r} does not exist")
+    if is_lazy_config(path) and not lazy:
+        raise ConfigFileError(f"--config-file {path!r} is a LazyConfig .py config: {YAML_ONLY}"
+                              " (it reads the keys of a .yaml CfgNode); give a .yaml config")
     if not (path.endswith((".yaml", ".yml")) or is_lazy_config(path)):
         raise ConfigFileError(f"--config-file {path!r}: expected a .yaml or a LazyConfig .py file")
 
 
 def load_yaml_config(path: str, opts: Sequence[str] = (), *, device: Optional[str] = None,
                      freeze: bool = True):
-    """focal_det's defaults, then ``path``, then ``opts`` (``KEY VALUE`` pairs)."""
+    """focal_det's defaults, then ``path`` (a ``.yaml`` file: a ``.py`` one is refused with a
+    message naming ``--config-file``), then ``opts`` (``KEY VALUE`` pairs)."""
     from .config import get_cfg
 
-    _check_file(path)
+    check_config_file(path, lazy=False)
     opts = list(opts)
     if len(opts) % 2:
         flags = [o for o in opts if o.startswith("--")]
@@ -98,7 +110,7 @@ def load_config(path: str, opts: Sequence[str] = (), *, device: Optional[str] = 
         return load_yaml_config(path, opts, device=device, freeze=freeze)
     from detectron2.config import LazyConfig
 
-    _check_file(path)
+    check_config_file(path)
     cfg = LazyConfig.load(path)
     bad = [o for o in opts if "=" not in o]
     if bad:
@@ -126,3 +138,15 @@ def write_report(folder: str, stem: str, data, title: str, command: str, table: 
     atomic_write_text(os.path.join(folder, f"{stem}.json"), json.dumps(data, indent=1))
     atomic_write_text(os.path.join(folder, f"{stem}.md"),
                       f"# {title}\n\nRegenerate: `{command}`\n\n{table}")
+
+
+def run_tool(main: Callable[[Optional[List[str]]], object], prog: str,
+             argv: Optional[List[str]] = None):
+    """``main(argv)`` as a command (``argv`` None: this process's arguments): a
+    :class:`FocalDetError` (the user's input is wrong) ends it with the one line
+    ``prog: message`` on stderr and exit status 1, no traceback. Every entry point's
+    ``__main__`` is ``cli.run_tool(main, "NAME.py")``."""
+    try:
+        return main(sys.argv[1:] if argv is None else list(argv))
+    except FocalDetError as e:
+        sys.exit(f"{prog}: {e}")

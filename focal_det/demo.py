@@ -9,7 +9,6 @@ import argparse
 import glob
 import logging
 import os
-import sys
 import time
 from typing import Iterator, List, Optional
 
@@ -22,7 +21,6 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from . import cli
-from .errors import FocalDetError
 from .inference import inference_spec, set_score_threshold
 from .predictor import Predictor
 
@@ -207,7 +205,4 @@ def main(argv=None) -> None:
 def run_command(argv=None, prog: str = "demo.py") -> None:
     """The whole command; a problem with the user's input (weights, files) ends it with one
     message and no traceback."""
-    try:
-        main(sys.argv[1:] if argv is None else argv)
-    except FocalDetError as e:
-        sys.exit(f"{prog}: {e}")
+    cli.run_tool(main, prog, argv)

@@ -1,17 +1,71 @@
-"""Helpers shared by the tests: tiny configs built exactly as train_net.py's setup() does,
-loading a script of tools/ as a module, and running a child process with a timeout."""
+"""Helpers shared by the tests: tiny configs built exactly as train_net.py's setup() does, the
+overrides and the generated data of a run that takes seconds, (re-)registering a dataset, a
+pickle that runs code when it is loaded, a handler that keeps log records, loading a script of
+tools/ as a module, and running a child process with a timeout."""
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
+from typing import List
 
 import torch
 from detectron2.structures import Boxes, Instances
 
 import focal_det
+from focal_det.data import ShapesSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
+SHAPES_CONFIG = os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml")
+
+# A generated dataset that a few training iterations and an evaluation read in seconds.
+TINY_SHAPES = ShapesSpec(num_train=8, num_val=4, image_size=64, max_objects=4, min_size=12,
+                         max_size=40)
+
+
+def tiny_run_opts(batch: int = 2, workers: int = 0, channels: int = 0) -> List[str]:
+    """The overrides that make a run of a built-in config take seconds on CPU: 64 px images in
+    training and test, ``batch`` images a step, ``workers`` data-loading processes and
+    (``channels`` > 0) that many FPN channels."""
+    return ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+            "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+            "SOLVER.IMS_PER_BATCH", str(batch), "DATALOADER.NUM_WORKERS", str(workers),
+            *(["MODEL.FPN.OUT_CHANNELS", str(channels)] if channels else [])]
+
+
+def register_coco(name: str, json_file: str, image_root: str) -> None:
+    """Register a COCO-format dataset as ``name``, replacing one registered before under that
+    name (by another test of this process)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, json_file, image_root)
+
+
+class CodeOnLoad:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, so the file's existence
+    proves that loading ran code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+class Records(logging.Handler):
+    """Keeps the records of WARNING and above (``logger.addHandler(Records())``)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
 
 
 def get_tiny_cfg(num_classes: int = 3, base: str = "Base-FocalRetinaNet.yaml"):

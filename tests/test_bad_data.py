@@ -2,18 +2,16 @@
 dropped/clipped with one counting warning; empty, grayscale and extreme-aspect images train."""
 import logging
 import math
-import os
 
 import cv2
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
-from detectron2.utils.events import EventStorage
 
 from focal_det import engine
 from focal_det.data.checks import ImageReadError, sanitize_boxes
-from tests.common import CONFIGS
+from tests.common import SHAPES_CONFIG, Records
 
 NAME = "focal_det_test_bad_data"
 
@@ -38,7 +36,7 @@ def _box(x0, y0, x1, y1, c=0):
 
 
 def _cfg_args(out):
-    argv = ["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
+    argv = ["--config-file", SHAPES_CONFIG,
             "OUTPUT_DIR", str(out), "DATASETS.TRAIN", f"('{NAME}',)", "DATASETS.TEST", "()",
             "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
             "DATALOADER.NUM_WORKERS", "0", "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "False",
@@ -47,20 +45,11 @@ def _cfg_args(out):
     return engine.get_parser().parse_args(argv)
 
 
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
 def test_sanitize_counts_drops_and_clips_once():
     dicts = [{"file_name": "x.jpg", "height": 50, "width": 60, "annotations": [
         _box(10, 10, 10, 30), _box(5, 5, 2, 9), _box(-5, 10, 20, 80), _box(70, 70, 90, 90),
         _box(1, 1, 20, 20)]}]
-    collect = _Collect()  # our loggers may not propagate to root (Detectron2's setup_logger)
+    collect = Records()  # our loggers may not propagate to root (Detectron2's setup_logger)
     logging.getLogger("focal_det.data.checks").addHandler(collect)
     try:
         out = sanitize_boxes(dicts, ["ds"])

@@ -19,17 +19,7 @@ from focal_det.checkpoint import (
     load_pkl_safely,
     numpy_state,
 )
-from tests.common import REPO, get_tiny_cfg
-
-
-class _Evil:
-    """Unpickling this would create a file: the side effect proves code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
+from tests.common import REPO, CodeOnLoad, get_tiny_cfg
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -70,7 +60,7 @@ def test_legitimate_pkl_loads_and_malicious_pickles_are_refused(tmp_path):
     marker = tmp_path / "pwned"
     for name in ("evil.pkl", "evil.pth"):
         path = tmp_path / name
-        payload = {"model": {"w": _Evil(str(marker))}, "__author__": "x"}
+        payload = {"model": {"w": CodeOnLoad(str(marker))}, "__author__": "x"}
         with open(path, "wb") as f:
             if name.endswith(".pth"):
                 torch.save(payload, f)
@@ -176,7 +166,7 @@ def test_pycls_pyth_loads_as_detectron2_loads_it_and_safely(tmp_path):
     with pytest.raises(ValueError, match="model_state"):
         FocalCheckpointer(build_model(cfg)).load(str(tmp_path / "not_pycls.pyth"))
     marker = tmp_path / "pwned"
-    torch.save({"model_state": {"w": _Evil(str(marker))}}, tmp_path / "evil.pyth")
+    torch.save({"model_state": {"w": CodeOnLoad(str(marker))}}, tmp_path / "evil.pyth")
     with pytest.raises(UnsafeCheckpointError, match="evil.pyth"):
         FocalCheckpointer(build_model(cfg)).load(str(tmp_path / "evil.pyth"))
     assert not marker.exists()

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,12 @@ import pytest
 import torch
 
 from focal_det.data import ShapesSpec, ensure_generated
-from focal_det.engine.launcher import env_world
-from tests.common import CONFIGS, REPO
+from focal_det.engine.launcher import env_world, free_port
+from focal_det.engine.preemption import EXIT_PREEMPTED
+from tests.common import REPO, SHAPES_CONFIG, tiny_run_opts
 
 pytestmark = pytest.mark.slow  # subprocesses / training runs (make test-slow)
 
-EXIT_PREEMPTED, EXIT_PEER_LOST = 75, 76
 SPEC = ShapesSpec(num_train=16, num_val=60, image_size=64, max_objects=4, min_size=12,
                   max_size=40)
 
@@ -31,24 +30,14 @@ def data(tmp_path_factory):
     return ensure_generated(SPEC, root=str(tmp_path_factory.mktemp("data")))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _args(data, out, iters=40, eval_period=0, extra=(), batch=2):
-    return ["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
-            "--vis-images", "-1",
+    return ["--config-file", SHAPES_CONFIG, "--vis-images", "-1",
             "--register-coco", "pt", os.path.join(data, "train.json"), data,
             "--register-coco", "pv", os.path.join(data, "val.json"), data, *extra,
             "OUTPUT_DIR", str(out), "DATASETS.TRAIN", "('pt',)", "DATASETS.TEST", "('pv',)",
-            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-            "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
-            "SOLVER.IMS_PER_BATCH", str(batch), "SOLVER.MAX_ITER", str(iters),
+            *tiny_run_opts(batch=batch, workers=1), "SOLVER.MAX_ITER", str(iters),
             "SOLVER.WARMUP_ITERS", "3", "SOLVER.STEPS", f"({iters * 3 // 4},)",
-            "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", str(eval_period),
-            "DATALOADER.NUM_WORKERS", "1", "SEED", "7"]
+            "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", str(eval_period), "SEED", "7"]
 
 
 class Child:
@@ -184,7 +173,7 @@ def _srun_env(rank, world, port):
 
 
 def _srun(data, out, tmp_path, name, extra_args=(), env=None, iters=40):
-    port = _free_port()
+    port = free_port()
     return [Child(_train_net([*extra_args, *_args(data, out, iters=iters, batch=4)]),
                   tmp_path / f"{name}{r}.log", {**_srun_env(r, 2, port), **(env or {})})
             for r in range(2)]
@@ -319,7 +308,7 @@ def test_two_machines_in_network_namespaces_train_over_tcp(data, tmp_path, two_h
     outs = []
     for how in ("launch", "torchrun"):
         out = tmp_path / how
-        port = _free_port()
+        port = free_port()
         children = []
         for r in range(2):
             wrap = ["ip", "netns", "exec", names[r]]

@@ -2,24 +2,18 @@
 end with identical weights, and with the "num_fg" normalizer the loss equals the
 single-process loss on the same total batch."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.common import CONFIGS
+from focal_det.engine.launcher import free_port
+from tests.common import SHAPES_CONFIG, tiny_run_opts
 
 pytestmark = pytest.mark.slow  # subprocesses / training runs (make test-slow)
 
 ITERS = 3
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(out, data_root, ims_per_batch):
@@ -34,11 +28,9 @@ def _train(out, data_root, ims_per_batch):
     folder = ensure_generated(spec, root=data_root)
     if "ddp_train" not in DatasetCatalog.list():
         register_coco_instances("ddp_train", {}, os.path.join(folder, "train.json"), folder)
-    argv = ["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
-            "OUTPUT_DIR", out, "DATASETS.TRAIN", "('ddp_train',)", "DATASETS.TEST", "()",
-            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-            "SOLVER.IMS_PER_BATCH", str(ims_per_batch), "SOLVER.MAX_ITER", str(ITERS),
-            "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0",
+    argv = ["--config-file", SHAPES_CONFIG, "OUTPUT_DIR", out, "DATASETS.TRAIN", "('ddp_train',)",
+            "DATASETS.TEST", "()", *tiny_run_opts(batch=ims_per_batch),
+            "SOLVER.MAX_ITER", str(ITERS), "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0",
             "SEED", "11", "MODEL.FOCAL_DET.LOSS_NORMALIZER", "num_fg",
             # batch-independent normalization, so that per-rank batches compute what one
             # process computes on the whole batch
@@ -68,7 +60,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     single_w, single_losses = _train(str(tmp_path / "single"), data_root, ims_per_batch=4)
     out = str(tmp_path / "ddp")
     os.makedirs(out)
-    mp.spawn(_worker, args=(2, _free_port(), out, data_root), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out, data_root), nprocs=2, join=True)
     r0 = torch.load(os.path.join(out, "rank0.pt"), weights_only=True)
     r1 = torch.load(os.path.join(out, "rank1.pt"), weights_only=True)
     for k in r0["weights"]:

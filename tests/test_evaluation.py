@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, Instances
 
 from focal_det.data.builtin import ShapesSpec, _write_split
 from focal_det.evaluation import FocalCOCOEvaluator, cocoeval_in_use
+from tests.common import register_coco
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +25,7 @@ def builtin_val(tmp_path_factory):
 
 
 def _register(name, json_file, root):
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    register_coco_instances(name, {}, json_file, root)
+    register_coco(name, json_file, root)
     DatasetCatalog.get(name)  # sets thing_classes and the id mapping
 
 

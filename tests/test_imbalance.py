@@ -19,7 +19,7 @@ from focal_det.analysis.easy_negatives import easy_negative_shares
 from focal_det.analysis.imbalance import _feature_shapes, count_binary_samples, training_targets
 from focal_det.data import LETTER_CLASSES, LettersSpec, ShapesSpec, ensure_generated
 from focal_det.data.letters import _glyph
-from tests.common import CONFIGS, load_script
+from tests.common import CONFIGS, load_script, tiny_run_opts
 
 ablate = load_script("tools/ablate.py")
 easy_negatives = load_script("tools/easy_negatives.py")
@@ -28,9 +28,7 @@ imbalance = load_script("tools/imbalance.py")
 TINY = LettersSpec(num_train=12, num_val=4, image_size=64, max_objects=2, min_size=10,
                    max_size=24)
 LETTERS = os.path.join(CONFIGS, "builtin", "retinanet_R18_letters.yaml")
-FAST = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST",
-        "64", "INPUT.MAX_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "4",
-        "DATALOADER.NUM_WORKERS", "0", "MODEL.FPN.OUT_CHANNELS", "32"]
+FAST = tiny_run_opts(batch=4, channels=32)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from focal_det import cli
 from focal_det.analysis import ablation, divergence, grad_stats as G
 from focal_det.analysis.grids import STABILIZERS
-from focal_det.data import ShapesSpec, ensure_generated
-from tests.common import CONFIGS, load_script
+from focal_det.data import ensure_generated
+from tests.common import CONFIGS, TINY_SHAPES, load_script, tiny_run_opts
 
 ablate = load_script("tools/ablate.py")
 grad_tool = load_script("tools/grad_stats.py")
@@ -96,16 +96,12 @@ def test_scaled_warmup_keeps_the_configs_share(capsys, tmp_path):
     assert "SOLVER.WARMUP_ITERS 100 " in capsys.readouterr().out  # fixed: the old grids' rule
 
 
-TINY = ShapesSpec(num_train=8, num_val=4, image_size=64, max_objects=4, min_size=12,
-                  max_size=40)
-FAST = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST",
-        "64", "INPUT.MAX_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2",
-        "DATALOADER.NUM_WORKERS", "0", "MODEL.FPN.OUT_CHANNELS", "32"]
+FAST = tiny_run_opts(channels=32)
 
 
 @pytest.mark.slow
 def test_grad_stats_log_norms_and_clipping_and_ablate_keeps_loss_curves(tmp_path):
-    folder = ensure_generated(TINY, root=str(tmp_path / "data"))
+    folder = ensure_generated(TINY_SHAPES, root=str(tmp_path / "data"))
     coco = ["--register-coco", "gs_train", os.path.join(folder, "train.json"), folder,
             "--register-coco", "gs_val", os.path.join(folder, "val.json"), folder,
             "--train", "gs_train", "--test", "gs_val"]

@@ -9,8 +9,6 @@ import sys
 
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 
 from focal_det.checkpoint import (
@@ -21,7 +19,7 @@ from focal_det.checkpoint import (
 )
 from focal_det.data import ShapesSpec, ensure_generated
 from focal_det.preflight import PreflightError, check_datasets, check_device
-from tests.common import CONFIGS, REPO, get_tiny_cfg
+from tests.common import CONFIGS, REPO, CodeOnLoad, Records, get_tiny_cfg, register_coco
 
 TINY = ShapesSpec(num_train=4, num_val=3, image_size=64, max_objects=3, min_size=12, max_size=40)
 
@@ -39,10 +37,7 @@ def _dataset(tmp_path, shapes, edit=None, raw=None, name="pre_check"):
         edit(coco)
     path = tmp_path / "val.json"
     path.write_text(raw if raw is not None else json.dumps(coco))
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    register_coco_instances(name, {}, str(path), shapes)
+    register_coco(name, str(path), shapes)
     return name, str(path)
 
 
@@ -75,15 +70,6 @@ def test_missing_json_names_file_and_where_datasets_live(tmp_path, shapes, monke
         check_datasets(["nope"])
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
 def test_bad_boxes_are_one_warning_with_counts(tmp_path, shapes):
     def edit(coco):
         coco["annotations"][0]["bbox"][2] = -5  # negative width
@@ -91,7 +77,7 @@ def test_bad_boxes_are_one_warning_with_counts(tmp_path, shapes):
     name, _ = _dataset(tmp_path, shapes, edit=edit)
     # A handler on the logger itself: Detectron2's setup_logger (run by other tests) turns
     # off propagation of "focal_det", which pytest's caplog relies on.
-    handler, log = _Records(), logging.getLogger("focal_det.preflight")
+    handler, log = Records(), logging.getLogger("focal_det.preflight")
     log.addHandler(handler)
     try:
         check_datasets([name])
@@ -157,15 +143,11 @@ def test_a_file_that_is_no_checkpoint_is_called_that(tmp_path, suffix):
 
 
 def test_unsafe_message_does_not_suggest_weights_only_false(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("ran",))
-
-    torch.save({"model": {"w": Payload()}}, tmp_path / "evil.pth")
+    torch.save({"model": {"w": CodeOnLoad(str(tmp_path / "ran"))}}, tmp_path / "evil.pth")
     model = build_model(get_tiny_cfg())
     with pytest.raises(UnsafeCheckpointError, match="refusing to load, it asks for") as e:
         FocalCheckpointer(model).load(str(tmp_path / "evil.pth"))
-    assert "weights_only=False" not in str(e.value)
+    assert "weights_only=False" not in str(e.value) and not (tmp_path / "ran").exists()
 
 
 def test_checkpoints_and_generated_data_follow_the_umask(tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 from focal_det import cli
 from focal_det.data.letters import LETTER_CLASSES
+from focal_det.engine.preemption import EXIT_PREEMPTED
 from focal_det.pretrain import export, train
 from focal_det.pretrain.folder import FolderSourceError, ImageFolderSource
 from focal_det.pretrain.glyphs import CLASSES, GlyphClassification
@@ -67,7 +68,7 @@ def test_training_is_deterministic_and_resumes_exactly_after_a_signal(tmp_path):
 
     with pytest.raises(SystemExit) as stopped:
         train.train(_small_glyphs(), cfg, TINY, str(tmp_path / "cut"), progress=stop_after_two)
-    assert stopped.value.code == 75
+    assert stopped.value.code == EXIT_PREEMPTED
     assert any("stopped by SIGTERM after iteration 2" in s for s in lines)
     with pytest.raises(train.PretrainError, match="--resume"):
         train.train(_small_glyphs(), cfg, TINY, str(tmp_path / "cut"), progress=lambda s: 0)
@@ -149,3 +150,21 @@ def test_image_folder_bad_input_is_named(tmp_path):
     src = ImageFolderSource(str(tmp_path / "bad"), val_fraction=0.5)
     with pytest.raises(FolderSourceError, match="9.png: not a readable image"):
         [src.train_item(i, 0) for i in range(len(src.train))] + list(src.val_items())
+
+
+def test_the_recipe_is_written_once():
+    """The paper-faithful backbone's recipe is the tool's defaults: make pretrain, the
+    reproduction script and the docs run the tool without repeating it."""
+    d = train.Settings()
+    assert (d.iters, d.batch_size, d.lr, d.warmup_iters, d.eval_period) == (3000, 64, 0.1, 100, 500)
+    args = tool.get_parser().parse_args(["--output", "x"])
+    assert train.Settings(**{k: getattr(args, k) for k in train.Settings.__dataclass_fields__}) == d
+    repo = os.path.dirname(CONFIGS)
+    for name in ("Makefile", "tools/reproduce_paper.sh", "README.md", "docs/REPRODUCTION.md"):
+        with open(os.path.join(repo, name)) as f:
+            text = f.read().replace("\\\n", " ")
+        lines = [line for line in text.splitlines() if "tools/pretrain_backbone.py" in line]
+        assert lines, name
+        for line in lines:
+            assert not any(flag in line for flag in ("--iters", "--eval-period", "--log-period",
+                                                     "--lr", "--batch-size")), (name, line)

@@ -7,23 +7,19 @@ import os
 import pytest
 import torch
 
-from focal_det.data import ShapesSpec, ensure_generated
-from tests.common import REPO, load_script
+from focal_det.data import ensure_generated
+from tests.common import REPO, TINY_SHAPES, load_script, tiny_run_opts
 
 ablate = load_script("tools/ablate.py")
 loss_distribution = load_script("tools/loss_distribution.py")
 from focal_det.analysis import ablation, loss_distribution as ld  # noqa: E402
 
-TINY = ShapesSpec(num_train=8, num_val=4, image_size=64, max_objects=4, min_size=12,
-                  max_size=40)
-FAST = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST",
-        "64", "INPUT.MAX_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2",
-        "DATALOADER.NUM_WORKERS", "0", "MODEL.FPN.OUT_CHANNELS", "32"]
+FAST = tiny_run_opts(channels=32)
 
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
-    folder = ensure_generated(TINY, root=str(tmp_path_factory.mktemp("data")))
+    folder = ensure_generated(TINY_SHAPES, root=str(tmp_path_factory.mktemp("data")))
     return ["--register-coco", "tiny_train", os.path.join(folder, "train.json"), folder,
             "--register-coco", "tiny_val", os.path.join(folder, "val.json"), folder,
             "--train", "tiny_train", "--test", "tiny_val"]

@@ -13,21 +13,10 @@ import pytest
 import torch
 
 from focal_det.data import ShapesSpec, ensure_generated
-from tests.common import CONFIGS, REPO
+from tests.common import REPO, SHAPES_CONFIG as CONFIG, CodeOnLoad, tiny_run_opts
 
 TINY = ShapesSpec(num_train=4, num_val=2, image_size=64, max_objects=3, min_size=12,
                   max_size=40)
-CONFIG = os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml")
-
-
-class _Payload:
-    """Unpickling this calls open(marker, "w"): the file's existence proves code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +31,7 @@ def data(tmp_path_factory):
 def _crafted(tmp_path, suffix):
     marker = tmp_path / f"code_ran_{suffix}"
     path = tmp_path / f"evil.{suffix}"
-    payload = {"model": {"w": _Payload(str(marker))}, "__author__": "x"}
+    payload = {"model": {"w": CodeOnLoad(str(marker))}, "__author__": "x"}
     with open(path, "wb") as f:
         if suffix == "pkl":
             pickle.dump(payload, f)
@@ -54,9 +43,7 @@ def _crafted(tmp_path, suffix):
 def _data_opts(folder, out):
     return [
         "OUTPUT_DIR", str(out), "DATASETS.TRAIN", "('safe_train',)",
-        "DATASETS.TEST", "('safe_val',)", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64", "DATALOADER.NUM_WORKERS", "0",
+        "DATASETS.TEST", "('safe_val',)", "SOLVER.MAX_ITER", "2", *tiny_run_opts(),
     ]
 
 

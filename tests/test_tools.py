@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tests.common import load_script, run_child
+from tests.common import CONFIGS, REPO, load_script, run_child
 
 
 def test_plot_losses_writes_the_three_figures(tmp_path):
@@ -71,3 +71,71 @@ def test_gpu_check_without_cuda_says_so_and_exits_2(tmp_path):
                           "GPU_CHECK_OUT": str(tmp_path)})
     assert proc.returncode == 2, proc.stdout
     assert "no CUDA device" in proc.stdout and "False" in proc.stdout
+
+
+def test_run_tool_makes_a_users_mistake_one_line():
+    from focal_det import cli
+    from focal_det.errors import FocalDetError
+
+    def main(argv):
+        if argv:
+            raise FocalDetError(f"--flag {argv[0]!r} is wrong")
+        return "done"
+
+    assert cli.run_tool(main, "x.py", []) == "done"
+    with pytest.raises(SystemExit) as e:
+        cli.run_tool(main, "x.py", ["bad"])
+    assert e.value.code == "x.py: --flag 'bad' is wrong"  # exit status 1, no traceback
+    with pytest.raises(ValueError):  # a bug is not the user's mistake: it keeps its traceback
+        cli.run_tool(lambda argv: int("x"), "x.py", [])
+
+
+def test_every_tool_runs_through_the_one_wrapper():
+    tools = os.path.join(REPO, "tools")
+    for name in sorted(os.listdir(tools)):
+        if not name.endswith(".py") or name == "install_detectron2.py":  # runs before focal_det
+            continue                                                      # can be imported
+        with open(os.path.join(tools, name)) as f:
+            main_block = f.read().split('if __name__ == "__main__":')[1]
+        assert main_block.strip() == f'cli.run_tool(main, "{name}")', name
+
+
+@pytest.mark.parametrize("tool", ["imbalance", "easy_negatives", "loss_distribution", "ablate",
+                                  "pretrain_backbone"])
+def test_yaml_only_tools_refuse_a_py_config_naming_the_flag(tool, tmp_path):
+    from focal_det.cli import ConfigFileError
+
+    lazy = os.path.join(CONFIGS, "lazy", "retinanet_R18_shapes.py")
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    argv = {"easy_negatives": ["--model", "init=init"],
+            "loss_distribution": ["--weights", str(weights), "--output", str(tmp_path)],
+            "ablate": ["--output", str(tmp_path)],
+            "pretrain_backbone": ["--output", str(tmp_path)]}.get(tool, [])
+    with pytest.raises(ConfigFileError, match="--config-file .*LazyConfig .py config: this "
+                                              "command does not read"):
+        load_script(f"tools/{tool}.py").main(["--config-file", lazy, *argv])
+    assert os.listdir(tmp_path) == ["w.pth"]  # refused before any work
+
+
+@pytest.mark.slow
+def test_a_tool_says_a_users_mistake_in_one_line():
+    lazy = os.path.join(CONFIGS, "lazy", "retinanet_R18_shapes.py")
+    proc = run_child([sys.executable, "tools/imbalance.py", "--config-file", lazy],
+                     timeout=300, check=False)
+    assert proc.returncode == 1
+    assert proc.stdout.strip().splitlines()[-1].startswith(
+        f"imbalance.py: --config-file {lazy!r} is a LazyConfig .py config")
+    assert "Traceback" not in proc.stdout
+
+
+def test_the_config_comment_names_every_registered_loss():
+    import inspect
+
+    from focal_det import config
+    from focal_det.losses import CLS_LOSS_REGISTRY
+
+    source = inspect.getsource(config.add_focal_det_config)
+    comment = source[source.index("# Registered name"):source.index("CLS_LOSS.NAME =")]
+    for name, _ in CLS_LOSS_REGISTRY:
+        assert name in comment, name

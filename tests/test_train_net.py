@@ -8,17 +8,14 @@ import shutil
 import cv2
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data import DatasetCatalog
 from detectron2.utils.events import get_event_storage
 
 import focal_det
 from focal_det import demo, engine
 from focal_det.data import CLASSES, ShapesSpec, ensure_generated
-from tests.common import CONFIGS
+from tests.common import SHAPES_CONFIG, TINY_SHAPES as TINY, register_coco, tiny_run_opts
 
-TINY = ShapesSpec(num_train=8, num_val=4, image_size=64, max_objects=4, min_size=12,
-                  max_size=40)
 NAMES = ("focal_det_test_train", "focal_det_test_val")
 
 
@@ -26,21 +23,15 @@ NAMES = ("focal_det_test_train", "focal_det_test_val")
 def tiny_dataset(tmp_path_factory):
     folder = ensure_generated(TINY, root=str(tmp_path_factory.mktemp("data")))
     for name, split in zip(NAMES, ("train", "val")):
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        register_coco_instances(name, {}, os.path.join(folder, f"{split}.json"), folder)
+        register_coco(name, os.path.join(folder, f"{split}.json"), folder)
     return folder
 
 
 def _args(out, *extra, opts=()):
-    argv = ["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
-            *extra, "OUTPUT_DIR", str(out), "DATASETS.TRAIN", f"('{NAMES[0]}',)",
-            "DATASETS.TEST", f"('{NAMES[1]}',)", "INPUT.MIN_SIZE_TRAIN", "(64,)",
-            "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST",
-            "64", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS",
-            "2", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
-            "DATALOADER.NUM_WORKERS", "0", "SEED", "3", *opts]
+    argv = ["--config-file", SHAPES_CONFIG, *extra, "OUTPUT_DIR", str(out),
+            "DATASETS.TRAIN", f"('{NAMES[0]}',)", "DATASETS.TEST", f"('{NAMES[1]}',)",
+            *tiny_run_opts(), "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "2",
+            "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0", "SEED", "3", *opts]
     return engine.get_parser().parse_args(argv)
 
 
@@ -117,7 +108,7 @@ def test_keep_checkpoints_keeps_the_newest_periodic_and_the_final(tiny_dataset, 
 @pytest.mark.slow
 def test_builtin_config_has_a_fixed_seed_and_two_runs_agree(tiny_dataset, tmp_path):
     builtin = focal_det.get_cfg()
-    builtin.merge_from_file(os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"))
+    builtin.merge_from_file(SHAPES_CONFIG)
     assert builtin.SEED >= 0
     finals = []
     for run in ("a", "b"):
@@ -138,7 +129,7 @@ def test_demo_draws_images_and_video(tiny_dataset, tmp_path):
     for p in images:
         writer.write(cv2.imread(p))
     writer.release()
-    common = ["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
+    common = ["--config-file", SHAPES_CONFIG,
               "--confidence-threshold", "0.0"]
     opts = ["--opts", "MODEL.WEIGHTS", str(out / "model_final.pth"),
             "DATASETS.TEST", f"('{NAMES[1]}',)"]
@@ -180,7 +171,7 @@ def test_demo_without_output_says_nothing_is_written(tiny_dataset, tmp_path, cap
     out = tmp_path / "run"
     engine.main(_args(out, "--vis-images", "-1", opts=["SOLVER.MAX_ITER", "1"]))
     image = sorted(glob.glob(os.path.join(tiny_dataset, "val", "*.jpg")))[0]
-    demo.main(["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
+    demo.main(["--config-file", SHAPES_CONFIG,
                "--input", image, "--opts", "MODEL.WEIGHTS", str(out / "model_final.pth")])
     assert "No --output given" in "".join(capfd.readouterr())
 

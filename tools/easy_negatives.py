@@ -40,7 +40,7 @@ def _loss(text: str):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_args(p)
+    cli.add_config_args(p, lazy=False)
     p.add_argument("--model", action="append", required=True, metavar="NAME=WEIGHTS")
     p.add_argument("--loss", action="append", default=None, metavar="NAME=GAMMA,ALPHA")
     p.add_argument("--dataset", default=None, help="default: DATASETS.TEST[0]")
@@ -92,4 +92,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main, "easy_negatives.py")

@@ -23,7 +23,6 @@ convolutions. ONNX export is by tracing only (as in Detectron2).
 """
 import argparse
 import os
-import sys
 import warnings
 
 import focal_det  # noqa: F401  (first: it imports fvcore/Detectron2 without their warnings)
@@ -182,7 +181,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except FocalDetError as e:
-        sys.exit(f"export_model.py: {e}")
+    cli.run_tool(main, "export_model.py")

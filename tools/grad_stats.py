@@ -9,7 +9,6 @@ OUTPUT_DIR/grad_stats.jsonl). Writes OUTPUT/grad_stats.{md,json,png}.
 """
 import argparse
 import os
-import sys
 
 from focal_det import cli
 from focal_det.analysis import grad_stats as G
@@ -42,4 +41,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run_tool(main, "grad_stats.py")

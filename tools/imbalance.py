@@ -20,7 +20,7 @@ from focal_det.analysis.imbalance import PAPER_COCO, markdown, measure
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_args(p, repeatable=True)
+    cli.add_config_args(p, repeatable=True, lazy=False)
     p.add_argument("--num-images", type=int, default=0, help="first N images only (0: all)")
     cli.add_register_coco(p)
     cli.add_output(p, what="imbalance.{json,md}")
@@ -39,4 +39,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main, "imbalance.py")

@@ -31,7 +31,7 @@ def get_parser():
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_args(p)
+    cli.add_config_args(p, lazy=False)
     p.add_argument("--weights", required=True, help="trained model (.pth or Detectron2 .pkl)")
     p.add_argument("--dataset", default=None, help="dataset name (default: DATASETS.TEST[0])")
     cli.add_register_coco(p)
@@ -84,4 +84,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main, "loss_distribution.py")

@@ -12,7 +12,6 @@ Reads each folder's ablation.json (tools/ablate.py); writes OUTPUT/paper_verdict
 import argparse
 import json
 import os
-import sys
 
 from focal_det import cli
 from focal_det.analysis import verdict as V
@@ -57,4 +56,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run_tool(main, "paper_verdict.py")

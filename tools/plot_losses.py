@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from focal_det import cli  # noqa: E402
 from focal_det.losses import (  # noqa: E402
     sigmoid_cross_entropy,
     sigmoid_focal_loss,
@@ -98,4 +99,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main, "plot_losses.py")

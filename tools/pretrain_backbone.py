@@ -6,17 +6,16 @@
     python tools/pretrain_backbone.py --output output/pretrain_R18 --resume
 
 The ResNet comes from --config-file's MODEL.RESNETS (default: the paper-faithful letters
-config). Writes OUTPUT/backbone.pth (detector weights, checked by building that detector and
-loading every backbone key), OUTPUT/pretrain.json (held-out top-1 over training) and a resumable
-OUTPUT/pretrain_last.pth. See focal_det.pretrain.
+config); the training flags default to the paper-faithful backbone's recipe
+(focal_det.pretrain.train.Settings; make pretrain runs it). Writes OUTPUT/backbone.pth (detector
+weights, checked by building that detector and loading every backbone key), OUTPUT/pretrain.json
+(held-out top-1 over training) and a resumable OUTPUT/pretrain_last.pth. See focal_det.pretrain.
 """
 import argparse
 import json
 import os
-import sys
 
 from focal_det import cli
-from focal_det.errors import FocalDetError
 from focal_det.pretrain import export, train
 from focal_det.pretrain.folder import ImageFolderSource
 from focal_det.pretrain.glyphs import GlyphClassification
@@ -31,8 +30,9 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default=DEFAULT_CONFIG,
-                   help="detection config whose MODEL.RESNETS is pretrained and which must load "
-                        "the result (default: the paper-faithful letters config)")
+                   help="detection .yaml config whose MODEL.RESNETS is pretrained and which must "
+                        "load the result (default: the paper-faithful letters config; "
+                        f"{cli.YAML_ONLY})")
     p.add_argument("--source", default="glyphs",
                    help="'glyphs' (built-in generated set) or an ImageFolder directory")
     p.add_argument("--image-size", type=int, default=64)
@@ -82,7 +82,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except FocalDetError as e:
-        sys.exit(f"pretrain_backbone.py: {e}")
+    cli.run_tool(main, "pretrain_backbone.py")

@@ -23,8 +23,7 @@ COMMON=(--config-file "$CFG" --iters 1000 --eval-points 4 --warmup scaled)
 OPTS=(MODEL.WEIGHTS "$PRE/backbone.pth" MODEL.FOCAL_DET.GRAD_STATS_ITERS 100)
 
 if [ ! -f "$PRE/backbone.pth" ]; then
-  $PY tools/pretrain_backbone.py --output "$PRE" --iters 3000 --eval-period 500 \
-    --log-period 50 --resume
+  $PY tools/pretrain_backbone.py --output "$PRE" --resume  # the recipe: the tool's defaults
 fi
 
 # Two seeds side by side (one thread each); both must succeed.

@@ -12,6 +12,7 @@ import time
 from typing import Dict, List, Optional
 
 from ..utils.files import atomic_write_text
+from ..utils.metrics import read_metrics
 from .ablation_report import METRICS
 from .divergence import explosion, loss_curve
 
@@ -52,24 +53,16 @@ _DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
 
 
 def read_final_metrics(run_dir: str, eval_period: int = 1) -> Optional[Dict[str, float]]:
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.exists(path):
-        return None
     last, train, curve = None, None, {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            row = json.loads(line)
-            if "bbox/AP" in row:
-                last = row
-                # Periodic evaluations log iteration k*period - 1, the final one MAX_ITER; a
-                # resumed run may evaluate an iteration twice (the last one counts).
-                done = round((int(row["iteration"]) + 1) / eval_period) * eval_period
-                curve[done] = float(row["bbox/AP"])
-            if "loss_cls" in row:
-                train = row
+    for row in read_metrics(run_dir):
+        if "bbox/AP" in row:
+            last = row
+            # Periodic evaluations log iteration k*period - 1, the final one MAX_ITER; a
+            # resumed run may evaluate an iteration twice (the last one counts).
+            done = round((int(row["iteration"]) + 1) / eval_period) * eval_period
+            curve[done] = float(row["bbox/AP"])
+        if "loss_cls" in row:
+            train = row
     if last is None:
         return None
     out = {m: float(last.get(f"bbox/{m}", float("nan"))) for m in METRICS}

@@ -8,10 +8,10 @@ it, and it *never recovered* when the last logged value is still at least ``RECO
 (10) times that lowest value. Logged values are Detectron2's (a median over the last 20
 iterations, every 20 iterations). The rule was fixed before the paper-recipe grid ran.
 """
-import json
 import math
-import os
 from typing import List, Optional
+
+from ..utils.metrics import read_metrics
 
 EXPLODE_FACTOR = 100.0
 RECOVER_FACTOR = 10.0
@@ -20,21 +20,8 @@ RECOVER_FACTOR = 10.0
 def loss_curve(run_dir: str, key: str = "loss_cls") -> List[List[float]]:
     """[[iteration, value], ...] of ``key`` in ``run_dir/metrics.json`` (a resumed run logs
     some iterations twice: the last one counts)."""
-    path = os.path.join(run_dir, "metrics.json")
-    points = {}
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:  # a line cut by a kill
-                continue
-            if key in row:
-                points[int(row["iteration"])] = float(row[key])
+    points = {int(row["iteration"]): float(row[key]) for row in read_metrics(run_dir)
+              if key in row}
     return [[i, v] for i, v in sorted(points.items())]
 
 

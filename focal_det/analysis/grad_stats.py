@@ -2,13 +2,13 @@
 gradient clipping fires (or would fire, where it is off) over the logged first iterations, and
 the gradient norms of the class conv and of the whole model, CE against FL; a markdown table
 and a chart (``tools/grad_stats.py``)."""
-import json
 import math
 import os
 import statistics
 from typing import Dict, List
 
 from ..engine.grad_stats import FILENAME
+from ..utils.metrics import read_json_lines
 
 KEYS = ("head.cls_score.weight", "head.cls_score.bias")
 
@@ -18,15 +18,8 @@ def read_rows(run_dir: str) -> List[dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: train with "
                                 "MODEL.FOCAL_DET.GRAD_STATS_ITERS > 0")
-    rows: Dict[int, dict] = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except ValueError:  # a line cut by a kill
-                    continue
-                rows[row["iteration"]] = row  # a resumed run: the last row of an iteration
+    # a resumed run logs some iterations twice: the last row of an iteration counts
+    rows: Dict[int, dict] = {row["iteration"]: row for row in read_json_lines(path)}
     return [rows[i] for i in sorted(rows)]
 
 

@@ -12,12 +12,15 @@
 Every process group gets ``--dist-timeout`` (default 10 minutes; Detectron2's is 30), and a
 watchdog (``watchdog.py``) ends every rank, naming the lost one, when a rank stops answering.
 A process that ends by a signal or with an error makes the launcher end the others and say
-which rank it was.
+which rank it was. The launcher passes the signals of ``--preempt-signals`` on to the processes
+it started (each stops with a checkpoint and ``preemption.EXIT_PREEMPTED``); a run that ends so,
+or by a lost rank (``watchdog.EXIT_PEER_LOST``), ends the launcher with the same code.
 """
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,8 +35,6 @@ from ..errors import FocalDetError
 from . import preemption, watchdog
 
 logger = logging.getLogger("focal_det")
-
-EXIT_PEER_LOST = watchdog.EXIT_PEER_LOST
 
 
 class LaunchError(FocalDetError, RuntimeError):
@@ -143,13 +144,22 @@ def _worker(local_rank, main_func, args, world_size, num_per_machine, device):
     _run_and_leave(main_func, args)
 
 
-def _forward_signals():
-    """The launcher process passes SIGTERM/SIGUSR1 on to its workers (each checkpoints)."""
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (``--dist-url auto``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _forward_signals(names) -> None:
+    """The launcher process passes the signals the run handles (``--preempt-signals``) on to
+    its workers, where each stops with a checkpoint; any other signal acts on the launcher as
+    it would on any process."""
     def forward(signum, frame):
         for child in multiprocessing.active_children():
             os.kill(child.pid, signum)
 
-    for name in ("SIGTERM", "SIGUSR1"):
+    for name in preemption.signal_names(names):
         signal.signal(getattr(signal, name), forward)
 
 
@@ -174,19 +184,15 @@ def launch(main_func, args, device: str):
     if dist_url == "auto":
         if args.num_machines != 1:
             raise LaunchError("--dist-url auto works on one machine only")
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            dist_url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        dist_url = f"tcp://127.0.0.1:{free_port()}"
     args.dist_url = dist_url
-    _forward_signals()
+    _forward_signals(args.preempt_signals)
     try:
         mp.spawn(_worker, nprocs=args.num_gpus, daemon=False,
                  args=(main_func, args, world_size, args.num_gpus, device))
     except mp.ProcessExitedException as e:
         rank = args.machine_rank * args.num_gpus + e.error_index
-        if e.exit_code in (preemption.EXIT_PREEMPTED, EXIT_PEER_LOST):
+        if e.exit_code in (preemption.EXIT_PREEMPTED, watchdog.EXIT_PEER_LOST):
             sys.exit(e.exit_code)
         how = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
         sys.exit(f"rank {rank} ended with {how}; the other processes of this machine were "

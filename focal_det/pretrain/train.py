@@ -8,8 +8,10 @@ global average pooling and a linear classifier on its last stage. Inputs are BGR
 with the detection config's ``PIXEL_MEAN``/``PIXEL_STD``, as the detector will see them.
 
 Optimization: SGD with momentum, linear warm-up, cosine decay to zero, weight decay, cross
-entropy. A signal (SIGTERM, SIGUSR1) stops at the end of the iteration with a checkpoint and
-exit code 75; ``--resume`` continues exactly.
+entropy. :class:`Settings`' defaults are the recipe of the paper-faithful backbone
+(``make pretrain``, ``tools/reproduce_paper.sh`` and the docs run the tool without repeating
+them). A signal (``preemption.DEFAULT_SIGNALS``) stops at the end of the iteration with a
+checkpoint and exit code ``preemption.EXIT_PREEMPTED``; ``--resume`` continues exactly.
 """
 import itertools
 import json
@@ -38,15 +40,17 @@ class PretrainError(FocalDetError, ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    iters: int = 2400
+    """The training recipe; the defaults are the paper-faithful backbone's (docs/REPRODUCTION.md,
+    Section 6), and the tool's flags default to them."""
+    iters: int = 3000
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 100
     seed: int = 0
-    log_period: int = 20
-    eval_period: int = 600
+    log_period: int = 50
+    eval_period: int = 500
     checkpoint_period: int = 100
 
     def lr_at(self, it: int) -> float:

@@ -1,23 +1,13 @@
 """Pictures of a run: training curves from metrics.json, predictions next to ground truth."""
-import json
 import logging
 import os
 from typing import List
 
 import numpy as np
 
+from .metrics import read_metrics
+
 logger = logging.getLogger(__name__)
-
-
-def read_metrics(path: str) -> List[dict]:
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    rows.append(json.loads(line))
-    return rows
 
 
 def training_curves_figure(rows: List[dict]):
@@ -49,7 +39,7 @@ def plot_training_curves(output_dir: str) -> str:
     """Plot losses, learning rate and AP from ``output_dir/metrics.json``; return the PNG path."""
     import matplotlib.pyplot as plt
 
-    fig = training_curves_figure(read_metrics(os.path.join(output_dir, "metrics.json")))
+    fig = training_curves_figure(read_metrics(output_dir))
     path = os.path.join(output_dir, "training_curves.png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
