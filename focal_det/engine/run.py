@@ -10,7 +10,6 @@
 """
 import logging
 import os
-import sys
 
 import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, default_setup
@@ -20,7 +19,6 @@ from detectron2.utils.logger import setup_logger
 from .. import cli
 from ..checkpoint import FocalCheckpointer
 from ..data import prepare_datasets
-from ..errors import FocalDetError
 from ..preflight import check_datasets, check_device, check_weights
 from ..lazy_run import LazyRunConfig, run_config
 from ..precision import resolve
@@ -44,8 +42,8 @@ def get_parser():
                         help="process group timeout (default 600; Detectron2's is 1800)")
     parser.add_argument("--preempt-signals", nargs="*", default=list(preemption.DEFAULT_SIGNALS),
                         metavar="SIG", help="signals that stop training with a checkpoint and "
-                        f"exit code {preemption.EXIT_PREEMPTED} (default SIGTERM SIGUSR1; "
-                        "none: no handling)")
+                        f"exit code {preemption.EXIT_PREEMPTED} (default "
+                        f"{' '.join(preemption.DEFAULT_SIGNALS)}; none: no handling)")
     return parser
 
 
@@ -141,11 +139,11 @@ def _main(args):
 
 def run_command(argv=None, prog: str = "train_net.py"):
     """The whole command: parse, preflight, launch ``main`` in every process. A problem with
-    the user's input ends the command with one message and no traceback."""
+    the user's input ends the command with one message and no traceback (``cli.run_tool``)."""
+    return cli.run_tool(_command, prog, argv)
+
+
+def _command(argv):
     args = get_parser().parse_args(argv)
     print("Command Line Args:", args)
-    try:
-        device = preflight(args)
-        launcher.launch(main, args, device)
-    except FocalDetError as e:
-        sys.exit(f"{prog}: {e}")
+    launcher.launch(main, args, preflight(args))
