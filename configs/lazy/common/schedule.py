@@ -26,7 +26,7 @@ train = dict(
     output_dir="./output",
     init_checkpoint="detectron2://ImageNetPretrained/MSRA/R-50.pkl",
     max_iter=90000,
-    amp=dict(enabled=False),
+    amp=dict(enabled=False, precision="auto"),  # precision: focal_det.precision
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=0,  # evaluate once, after the last iteration (TEST.EVAL_PERIOD 0 in .yaml)
