@@ -4,6 +4,7 @@ inference under autocast keeps its post-processing in float32."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -14,7 +15,9 @@ from detectron2.utils.events import EventStorage
 from focal_det import engine
 from focal_det.data import ShapesSpec, ensure_generated
 from focal_det.engine.amp import FocalAMPTrainer
+from focal_det.modeling.fold import FoldedNormConv2d
 from focal_det.modeling.mixed import guard_cpu_bf16_convs
+from focal_det.predictor import Predictor
 from focal_det.precision import PrecisionError, resolve
 from tests.common import CONFIGS, get_tiny_cfg, random_batch
 
@@ -45,12 +48,28 @@ def test_bf16_inference_decodes_in_float32_and_matches_float32():
         model.inference_precision = "bfloat16"
         out = model(batch)
     assert seen == [torch.float32] * 5 + [torch.bfloat16] * 5  # 5 levels, each run
+    folded = [m._fold_cache for m in model.modules() if type(m) is FoldedNormConv2d]
+    assert folded and all(w.dtype == b.dtype == torch.float32 for _, w, b in folded)
     for a, b in zip(ref, out):
         a, b = a["instances"], b["instances"]
         assert b.scores.dtype == torch.float32 and b.pred_boxes.tensor.dtype == torch.float32
         n = min(len(a), len(b), 20)
         assert n > 0
         torch.testing.assert_close(b.scores[:n], a.scores[:n], atol=0.02, rtol=0)
+
+
+def test_predictor_and_the_demo_take_the_inference_precision():
+    """Predictor (and so demo.py) builds the model from the config: the key reaches it."""
+    from focal_det import demo
+
+    args = demo.get_parser().parse_args([
+        "--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
+        "--input", "x.png", "--opts", "MODEL.WEIGHTS", "",
+        "MODEL.FOCAL_DET.INFERENCE_PRECISION", "bfloat16"])
+    predictor = Predictor(demo.setup_cfg(args))
+    assert predictor.model.inference_precision == "bfloat16"
+    out = predictor(np.zeros((64, 64, 3), np.uint8))["instances"]
+    assert out.scores.dtype == torch.float32
 
 
 @pytest.fixture(scope="module")
