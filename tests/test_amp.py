@@ -19,7 +19,7 @@ from focal_det.modeling.fold import FoldedNormConv2d
 from focal_det.modeling.mixed import guard_cpu_bf16_convs
 from focal_det.predictor import Predictor
 from focal_det.precision import PrecisionError, resolve
-from tests.common import CONFIGS, get_tiny_cfg, random_batch
+from tests.common import CONFIGS, Records, get_tiny_cfg, random_batch
 
 TINY = ShapesSpec(num_train=8, num_val=2, image_size=64, max_objects=4, min_size=12,
                   max_size=40)
@@ -156,3 +156,22 @@ def test_width_one_inputs_of_strided_convs_get_exact_bf16_gradients(stride, heig
     assert y.shape == y_ref.shape
     torch.testing.assert_close(conv.weight.grad, ref.weight.grad, atol=0.1, rtol=0.02)
     torch.testing.assert_close(y.float(), y_ref, atol=0.05, rtol=0.02)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_runs_with_one_warning(monkeypatch):
+    import logging
+
+    import focal_det.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    precision._warn_slow_bf16.cache_clear()
+    records = Records()
+    logging.getLogger("focal_det").addHandler(records)
+    try:
+        assert resolve("bfloat16", "cpu", key="K") == torch.bfloat16
+        assert resolve("auto", "cpu", key="K") == torch.bfloat16
+    finally:
+        logging.getLogger("focal_det").removeHandler(records)
+    warnings = [r for r in records.records if "without bf16 instructions" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    precision._warn_slow_bf16.cache_clear()
