@@ -109,9 +109,12 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, kind):
     _run(_command(tmp_path, ref, resume=False, kind=kind))
 
     out = tmp_path / "killed"
-    _run_until_killed(_command(tmp_path, out, resume=False, kind=kind), out, 1, 0.0)
-    _run_until_killed(_command(tmp_path, out, resume=True, kind=kind), out, 2, 0.15)
-    _run_until_killed(_command(tmp_path, out, resume=True, kind=kind), out, 3, 0.05)
+    # The .yaml run is killed three times at different points; the .py run (the same engine
+    # since issue 30) once mid-way, which is what tells whether its resume state is whole.
+    kills = [(1, 0.0), (2, 0.15), (3, 0.05)] if kind == "yaml" else [(2, 0.1)]
+    for i, (checkpoints, delay) in enumerate(kills):
+        _run_until_killed(_command(tmp_path, out, resume=i > 0, kind=kind), out, checkpoints,
+                          delay)
     assert not (out / "model_final.pth").exists(), "a kill came too late to test anything"
     last = (out / "last_checkpoint").read_text()
     ckpt = torch.load(out / last, map_location="cpu", weights_only=True)
@@ -120,7 +123,8 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, kind):
 
     starts = [int(line.rsplit(" ", 1)[1]) for line in open(out / "log.txt")
               if "Starting training from iteration" in line]
-    assert starts[0] == 0 and len(set(starts[1:])) >= 2 and all(s > 0 for s in starts[1:])
+    assert starts[0] == 0 and len(set(starts[1:])) >= min(len(kills), 2)
+    assert all(s > 0 for s in starts[1:])
 
     a, b = _final_weights(ref), _final_weights(out)
     assert a.keys() == b.keys()
