@@ -12,7 +12,7 @@ from focal_det.analysis import diagnosis as D
 from focal_det.analysis.grids import DIAGNOSIS_BASE, GRIDS
 from tests.common import CONFIGS, load_script
 
-FAITHFUL = os.path.join(CONFIGS, "builtin", "retinanet_R18_letters_paper.yaml")
+FAITHFUL = os.path.join(CONFIGS, "builtin", "retinanet_R18_letters_paper_6it.yaml")
 
 
 def _opts(entry):

@@ -4,7 +4,7 @@
 Train the diagnosis grid first (α-CE α .75, one change each; every run the same MAX_ITER, no LR
 step, gradient norms of every iteration):
 
-    python tools/ablate.py --config-file configs/builtin/retinanet_R18_letters_paper.yaml \\
+    python tools/ablate.py --config-file configs/builtin/retinanet_R18_letters_paper_6it.yaml \\
         --grid letters_paper_diagnosis --iters 700 --seeds 0 1 --output output/diagnosis \\
         MODEL.WEIGHTS output/pretrain_R18_glyphs/backbone.pth
 
@@ -15,7 +15,7 @@ then
         # over the first iterations; width-preserving init against 256 channels; which tensor
         # group's gradient grows first in every diverged run -> OUTPUT/diagnosis.{md,json,png}
     python tools/paper_diagnosis.py rms \\
-        --config-file configs/builtin/retinanet_R18_letters_paper.yaml \\
+        --config-file configs/builtin/retinanet_R18_letters_paper_6it.yaml \\
         --widths 64 256 --head-weight-init fixed width_preserving --output output/diagnosis/rms
         # RMS of res3-res5, P3-P7 and the head's towers at initialization (pretrained backbone
         # from MODEL.WEIGHTS), on a batch of training images -> OUTPUT/feature_rms.{md,json}

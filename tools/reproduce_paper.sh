@@ -14,7 +14,7 @@
 set -euo pipefail
 PY=${PYTHON:-python}
 OUT=${OUT:-output}
-CFG=configs/builtin/retinanet_R18_letters_paper.yaml
+CFG=configs/builtin/retinanet_R18_letters_paper_6it.yaml  # Section 6.3-6.8 as run (6-iteration warm-up)
 PRE=$OUT/pretrain_R18_glyphs
 FAITHFUL=$OUT/ablation_paper
 STAB=$OUT/ablation_paper_stab

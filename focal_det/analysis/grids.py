@@ -4,7 +4,8 @@ the cfg options that define it), the built-in grids, and reading a grid from JSO
 - ``paper``: Tables 1a, 1b, 3 and CE without the prior, on the shapes recipe;
 - ``letters``: the same on the letters recipe (``configs/builtin/retinanet_R18_letters.yaml``);
 - ``letters_paper``: the same configurations for the paper-faithful letters recipe
-  (``configs/builtin/retinanet_R18_letters_paper.yaml``: no clipping), plus the CPU analogue of
+  (``configs/builtin/retinanet_R18_letters_paper.yaml``, Section 6.10; Sections 6.3-6.8 ran
+  it on ``retinanet_R18_letters_paper_6it.yaml``: no clipping), plus the CPU analogue of
   ``configs/retinanet_R50_FPN_CE_noprior_1x.yaml`` (Detectron2's warm-up, the EMA normalizer);
 - ``letters_stabilized``: the attribution arm, the faithful recipe with the built-in recipe's
   stabilizers (BN in FPN and head, per-tensor clipping at 10, warm-up from 1/1000);
@@ -159,7 +160,7 @@ GRIDS["letters_stabilizer_parts"] = STABILIZER_PARTS_GRID
 
 # Issue 28: α-CE α .75 with the prior (the paper's best α-CE, Table 1a) on the faithful recipe
 # exactly as Section 6 ran it: every setting a change touches is pinned here at the value of
-# configs/builtin/retinanet_R18_letters_paper.yaml then (warm-up 6 iterations from 1/3,
+# configs/builtin/retinanet_R18_letters_paper_6it.yaml (warm-up 6 iterations from 1/3,
 # Detectron2's bias LR and decay, 64 channels and N(0, 0.01) head convs, FREEZE_AT 2,
 # Detectron2's low-quality matches), so later edits of that config do not move the base. No LR
 # step within the run; per-tensor gradient norms of every iteration (about 4 ms an iteration,
