@@ -10,7 +10,7 @@ DEMO_OUT ?= output/demo
 export DETECTRON2_SOURCE
 
 .PHONY: demo test test-slow test-fast gpu-check env bench bench-model bench-scales plots ablate ablate-letters pretrain reproduce-paper imbalance \
-	easy-negatives loss-distribution clean-venv
+	easy-negatives loss-distribution amp-accuracy clean-venv
 
 # Re-installs only when the pins, the Detectron2 installer, setup.py or the C++ loss change.
 $(STAMP): requirements.txt tools/install_detectron2.py setup.py focal_det/kernels/csrc/sigmoid_loss_cpu.cpp
@@ -93,3 +93,16 @@ plots: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Issue 29's accuracy check (~25 min on 2 idle cores): the demo config trained in fp32 and with
+# bf16 autocast (same seed), the fp32 model evaluated under bf16; JSON to benchmarks/results/.
+AMP_OUT ?= output/amp_acc
+amp-accuracy: $(STAMP)
+	$(PY) train_net.py --config-file configs/builtin/retinanet_R18_shapes.yaml --vis-images -1 \
+		--resume OUTPUT_DIR $(AMP_OUT)/fp32
+	$(PY) train_net.py --config-file configs/builtin/retinanet_R18_shapes.yaml --vis-images -1 \
+		--resume SOLVER.AMP.ENABLED True OUTPUT_DIR $(AMP_OUT)/bf16
+	$(PY) train_net.py --config-file configs/builtin/retinanet_R18_shapes.yaml --eval-only \
+		--vis-images -1 MODEL.WEIGHTS $(AMP_OUT)/fp32/model_final.pth \
+		MODEL.FOCAL_DET.INFERENCE_PRECISION bfloat16 OUTPUT_DIR $(AMP_OUT)/fp32_eval_bf16
+	$(PY) tools/amp_accuracy.py $(AMP_OUT) --output benchmarks/results

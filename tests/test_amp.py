@@ -175,3 +175,22 @@ def test_bf16_on_a_cpu_without_bf16_units_runs_with_one_warning(monkeypatch):
     warnings = [r for r in records.records if "without bf16 instructions" in r.getMessage()]
     assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
     precision._warn_slow_bf16.cache_clear()
+
+
+def test_the_accuracy_report_reads_finished_runs(tmp_path):
+    from focal_det.analysis.amp_accuracy import collect
+
+    for name, ap in (("fp32", 50.0), ("bf16", 49.5)):
+        os.makedirs(tmp_path / name)
+        rows = [{"iteration": 9, "total_loss": 1.0},
+                {"iteration": 9, "bbox/AP": ap, "bbox/AP50": 70.0}]
+        (tmp_path / name / "metrics.json").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    os.makedirs(tmp_path / "fp32_eval_bf16")
+    (tmp_path / "fp32_eval_bf16" / "log.txt").write_text(
+        "copypaste: AP,AP50,AP75\ncopypaste: 50.2000,70.1000,60.0000,1,2,nan\n")
+    res = collect(str(tmp_path))
+    assert res["bf16_training_minus_fp32_AP"] == pytest.approx(-0.5)
+    assert res["bf16_evaluation_minus_fp32_AP"] == pytest.approx(0.2)
+    with pytest.raises(FileNotFoundError, match="bf16"):
+        os.remove(tmp_path / "bf16" / "metrics.json")
+        collect(str(tmp_path))
