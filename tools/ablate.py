@@ -55,6 +55,9 @@ def get_parser():
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep intermediate model_*.pth (model_final.pth is always kept)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild the table, JSON and charts from the finished "
+                        "runs (result.json); unfinished ones are named and left out")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="cfg options added to every run (after the grid's), KEY VALUE ...")
     return p
@@ -81,9 +84,13 @@ def main(argv=None) -> List[dict]:
 
     # "config" and "scaled" leave SOLVER.WARMUP_ITERS to the config ("scaled": run_one scales it)
     common = A.budget_opts(args.iters, args.eval_points, scaled_warmup=args.warmup != "fixed")
-    if args.warmup == "scaled":
+    if args.warmup != "fixed":
         cfg = cli.load_yaml_config(args.config_file, args.opts)
         args.config_warmup = (cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER)
+        if args.warmup == "config" and cfg.SOLVER.WARMUP_ITERS > args.iters:
+            # Detectron2 would squeeze the warm-up into the run (a steeper ramp), not cut it.
+            raise SystemExit(f"--warmup config: the config's SOLVER.WARMUP_ITERS "
+                             f"({cfg.SOLVER.WARMUP_ITERS}) is longer than --iters {args.iters}")
     if args.train:
         common += ["DATASETS.TRAIN", f"('{args.train}',)"]
         json_of = {n: j for n, j, _ in args.register_coco or ()}
@@ -93,19 +100,31 @@ def main(argv=None) -> List[dict]:
     if args.test:
         common += ["DATASETS.TEST", f"('{args.test}',)"]
 
+    missing = []
+    if args.report_only:  # tabulate what has finished; name the rest
+        missing = [f"{e.name}/seed{s}" for s in args.seeds for e in grid
+                   if not os.path.exists(os.path.join(args.output, e.name, f"seed{s}",
+                                                      "result.json"))]
+        if len(missing) == len(args.seeds) * len(grid):
+            raise SystemExit(f"--report-only: no run in {args.output} has finished")
+        if missing:
+            print(f"[ablate] --report-only: not finished, left out: {', '.join(missing)}")
     os.makedirs(args.output, exist_ok=True)
-    results = [A.run_one(entry, seed, args, common) for seed in args.seeds for entry in grid]
+    results = [A.run_one(entry, seed, args, common) for seed in args.seeds for entry in grid
+               if f"{entry.name}/seed{seed}" not in missing]
     if args.dry_run:
         return results
     rows = summarize(grid, results)
     title = (f"{os.path.relpath(args.config_file)}, {args.iters} iterations, "
              f"seeds {args.seeds}")
     table = markdown_table(rows)
+    if missing:
+        table += f"\nNot finished (left out): {', '.join(missing)}\n"
     command = cli.regenerate_command("tools/ablate.py", argv)
     cli.write_report(args.output, "ablation",
                      {"config": args.config_file, "iters": args.iters, "seeds": args.seeds,
                       "eval_points": args.eval_points, "command": command, "rows": rows,
-                      "runs": results}, f"Loss ablation: {title}", command, table)
+                      "runs": results, "not_finished": missing}, f"Loss ablation: {title}", command, table)
     plot(rows, os.path.join(args.output, "ablation.png"), title)
     plot_loss_curves(results, os.path.join(args.output, "ablation_loss.png"),
                      title + "; loss_cls of every run (red: diverged or exploded)")

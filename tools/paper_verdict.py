@@ -6,23 +6,33 @@ outputs of the faithful grid and the attribution arm.
         --stabilized output/ablation_paper_stab --parts output/ablation_paper_parts \\
         --output output/paper_verdict
     python tools/paper_verdict.py --faithful output/ablation_paper --print-best-ce
+    python tools/paper_verdict.py --faithful output/paper_v2/grid \
+        --figure4 output/paper_v2/loss_distribution/loss_distribution.json --output ...
 
-Reads each folder's ablation.json (tools/ablate.py); writes OUTPUT/paper_verdict.{md,json}.
+Reads each folder's ablation.json (tools/ablate.py) and, with --figure4, the
+tools/loss_distribution.py JSON of the FL gamma 2 model; writes OUTPUT/paper_verdict.{md,json}:
+the verdict sentence, the runs, and the paper's claims each decided by its rule
+(focal_det/analysis/paper_claims.py).
 """
 import argparse
 import json
 import os
 
 from focal_det import cli
+from focal_det.analysis import paper_claims
 from focal_det.analysis import verdict as V
 
 
-def _rows(folder):
-    path = os.path.join(folder, "ablation.json")
+def _read(path, hint):
     if not os.path.exists(path):
-        raise SystemExit(f"{path} does not exist: run tools/ablate.py --output {folder} first")
+        raise SystemExit(f"{path} does not exist: {hint}")
     with open(path) as f:
-        return json.load(f)["rows"]
+        return json.load(f)
+
+
+def _rows(folder):
+    return _read(os.path.join(folder, "ablation.json"),
+                 f"run tools/ablate.py --output {folder} first")["rows"]
 
 
 def main(argv=None):
@@ -33,6 +43,8 @@ def main(argv=None):
                    help="tools/ablate.py output of --grid letters_stabilized")
     p.add_argument("--parts", default=None,
                    help="tools/ablate.py output of --grid letters_stabilizer_parts")
+    p.add_argument("--figure4", default=None,
+                   help="tools/loss_distribution.py's loss_distribution.json of FL γ 2")
     p.add_argument("--print-best-ce", action="store_true",
                    help="print the best α-balanced CE's grid name and exit")
     cli.add_output(p, default="output/paper_verdict")
@@ -47,7 +59,10 @@ def main(argv=None):
     stabilized = _rows(args.stabilized) if args.stabilized else []
     parts = _rows(args.parts) if args.parts else []
     v = V.verdict(faithful, stabilized, parts)
-    table = V.markdown(v, faithful)
+    figure4 = (_read(args.figure4, "run tools/loss_distribution.py first")
+               if args.figure4 else None)
+    v["claims"] = paper_claims.claims(faithful, figure4)
+    table = V.markdown(v, faithful) + "\n" + paper_claims.markdown(v["claims"])
     command = cli.regenerate_command("tools/paper_verdict.py", argv)
     cli.write_report(args.output, "paper_verdict", v, "FL against CE on the paper's recipe",
                      command, table)

@@ -196,6 +196,33 @@ DIAGNOSIS_GRID = [
 ]
 GRIDS["letters_paper_diagnosis"] = DIAGNOSIS_GRID
 
+# Issue 28, after the corrected recipe (Section 6.10) still sent α-CE α .75 to NaN: the
+# departures the config header still states, one at a time, on the corrected config itself
+# (configs/builtin/retinanet_R18_letters_paper.yaml), no LR step, every iteration's gradient
+# norms; short runs (tools/ablate.py --iters 300), each change against the same base.
+_IMAGE_256 = ("INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "256",
+              "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256")
+_ANCHORS_4X = ("MODEL.ANCHOR_GENERATOR.SIZES",
+               str([[round(4 * s * 2 ** (i / 3), 3) for i in range(3)]
+                    for s in (8, 16, 32, 64, 128)]))
+CANDIDATE_CHANGES = (
+    ("base", (), "the corrected recipe (Section 6.10)"),
+    ("image256", _IMAGE_256,
+     "(g) images 256 px (objects 24-72 px, 4x the positions), anchors still 2x the stride"),
+    ("image256_anchors4x", _IMAGE_256 + _ANCHORS_4X,
+     "(h) images 256 px with Detectron's anchors, 4x the stride (32-813 px): the paper's "
+     "anchor-to-stride ratio, the same anchor-to-object ratio as the base"),
+    ("batch16", ("SOLVER.IMS_PER_BATCH", "16", "SOLVER.BASE_LR", "0.01"),
+     "(i) the paper's batch, 16 images at LR 0.01"),
+)
+CANDIDATE_GRID = [
+    Entry(f"ce_a0.75_{suffix}", "BalancedCrossEntropy", alpha=0.75, paper_ap="31.1",
+          extra=("SOLVER.STEPS", "()", KEY + "GRAD_STATS_ITERS", "1000000") + change,
+          note=note)
+    for suffix, change, note in CANDIDATE_CHANGES
+]
+GRIDS["letters_paper_candidates"] = CANDIDATE_GRID
+
 
 def load_grid(spec: str) -> List[Entry]:
     """A built-in grid name, or a JSON file: a list of {"name", "loss", "gamma", "alpha",
