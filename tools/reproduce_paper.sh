@@ -73,3 +73,7 @@ if compgen -G "$CAND/*/seed*/result.json" > /dev/null; then
   $PY tools/ablate.py "${CANDIDATES[@]}" --report-only
   $PY tools/paper_diagnosis.py report --grid letters_paper_candidates --runs "$CAND"
 fi
+# Section 6.9's diagnosis, where its runs are here (tools/paper_diagnosis.py's docstring).
+if compgen -G "$OUT/diagnosis/*/seed*/metrics.json" > /dev/null; then
+  $PY tools/paper_diagnosis.py report --runs "$OUT/diagnosis"
+fi
