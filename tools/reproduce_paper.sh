@@ -43,9 +43,9 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
   }
   seed_worker 0 > "$GRID/seed0.log" 2>&1 & p0=$!
   seed_worker 1 > "$GRID/seed1.log" 2>&1 & p1=$!
-  # The untested departures (6.11, g-i) at the lowest priority: they take a core only when a
-  # seed's grid leaves one idle.
-  OMP_NUM_THREADS=1 nice -n 19 $PY tools/ablate.py "${CANDIDATES[@]}" > "$CAND/run.log" 2>&1 \
+  # The untested departures (6.11, g-i) beside them, a third process (most die in tens of
+  # iterations).
+  OMP_NUM_THREADS=1 $PY tools/ablate.py "${CANDIDATES[@]}" > "$CAND/run.log" 2>&1 \
     & p2=$!
   r0=0 r1=0 r2=0
   wait $p0 || r0=$?
