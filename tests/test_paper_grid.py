@@ -140,3 +140,33 @@ def test_report_only_tabulates_finished_runs_and_names_the_rest(tmp_path, capsys
     assert not (tmp_path / "ce_a0.25").exists()
     with pytest.raises(SystemExit, match="no run .* has finished"):
         tool.main(argv[:-3] + ["--output", str(tmp_path / "empty"), "--report-only"])
+
+
+def test_curves_chart_draws_diverged_configs_and_best_of_breaks_ties_by_survival(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from focal_det.analysis.ablation_report import best_of, plot_curves
+
+    early = _row("ce_a0.25", CE, [0.0, 0.0], diverged=(0, 1))
+    late = _row("ce_a0.75", CE, [0.0, 0.0], diverged=(0, 1))
+    late["diverged_at"] = [22, 24]
+    fl = _row("fl_g2_a0.25", FL, [3.0, 4.0], curve=[(500, 1, 0, 2), (1000, 3.5, 0.7, 2)])
+    assert best_of([early, late, fl], (CE,))["name"] == "ce_a0.75"
+    labels = []
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, *a, **k):
+        labels.extend(fig.axes[0].get_legend_handles_labels()[1])
+        return real_savefig(fig, *a, **k)
+
+    plt.Figure.savefig = capture
+    try:
+        plot_curves([early, late, fl], str(tmp_path / "c.png"), "t", ["ce_a0.75", "fl_g2_a0.25"])
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert labels == ["ce_a0.25: NaN at iteration 3, 3", "ce_a0.75: NaN at iteration 22, 24",
+                      "fl_g2_a0.25 (highlighted)"]
+    assert (tmp_path / "c.png").stat().st_size > 0

@@ -115,9 +115,13 @@ def mean_curve(curves: List[list]) -> List[list]:
 
 
 def best_of(rows: List[dict], losses) -> dict:
-    """The row with the highest mean AP among ``losses`` (names of loss classes)."""
+    """The row with the highest mean AP among ``losses`` (names of loss classes); among equal
+    APs (e.g. all diverged) the one whose seeds went NaN latest on average, as
+    :func:`verdict.best_alpha_ce` decides."""
+    from .verdict import survival
+
     candidates = [r for r in rows if r["loss"] in losses and not math.isnan(r["AP"])]
-    return max(candidates, key=lambda r: r["AP"]) if candidates else None
+    return max(candidates, key=lambda r: (r["AP"], survival(r))) if candidates else None
 
 
 def plot_curves(rows: List[dict], path: str, title: str, highlight: List[str]) -> None:
@@ -130,6 +134,13 @@ def plot_curves(rows: List[dict], path: str, title: str, highlight: List[str]) -
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in rows:
+        nan_at = [i for i in r.get("diverged_at") or [] if i is not None]
+        if not r["ap_curve"] and nan_at:  # every seed NaN: AP 0 from there on, drawn as x
+            bold = r["name"] in highlight
+            ax.plot(nan_at, [0.0] * len(nan_at), "x", markersize=9 if bold else 5,
+                    markeredgewidth=2.5 if bold else 1,
+                    label=f"{r['name']}: NaN at iteration {', '.join(map(str, nan_at))}")
+            continue
         if len(r["ap_curve"]) < 2:
             continue
         its = [c[0] for c in r["ap_curve"]]
@@ -147,6 +158,7 @@ def plot_curves(rows: List[dict], path: str, title: str, highlight: List[str]) -
     ax.set_ylabel("COCO box AP on the val split (mean over seeds; band: ± std)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

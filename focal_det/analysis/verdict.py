@@ -10,7 +10,7 @@ FL_NAME = "fl_g2_a0.25"
 STAB = "_stab"
 
 
-def _survival(r: dict) -> float:
+def survival(r: dict) -> float:
     """The mean iteration at which a config's seeds turned NaN/inf (inf for a seed that did
     not)."""
     its = [math.inf if i is None else float(i) for i in r.get("diverged_at") or [None]]
@@ -24,7 +24,7 @@ def best_alpha_ce(rows: List[dict]) -> Optional[dict]:
     for r in rows:
         if r["loss"] != ALPHA_CE or math.isnan(r["AP"]):
             continue
-        if best is None or (r["AP"], _survival(r)) > (best["AP"], _survival(best)):
+        if best is None or (r["AP"], survival(r)) > (best["AP"], survival(best)):
             best = r
     return best
 
