@@ -27,6 +27,8 @@ ORDER=("ce_a0.75 ce_a0.50 ce_a0.25 ce_noprior" "fl_g2_a0.25" "fl_g0.5_a0.50"
 ALL=(${ORDER[*]})
 CANDIDATES=(--config-file "$CFG" --grid letters_paper_candidates --iters 500 --warmup config
             --seeds 0 1 --output "$CAND" MODEL.WEIGHTS "$PRE/backbone.pth")
+CHECKS=(--config-file "$CFG" --grid letters_paper_checks --iters 500 --warmup config
+        --seeds 0 1 --output "$V2/checks" MODEL.WEIGHTS "$PRE/backbone.pth")
 
 if [ "${REPORT_ONLY:-0}" != 1 ]; then
   if [ ! -f "$PRE/backbone.pth" ]; then
@@ -43,10 +45,10 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
   }
   seed_worker 0 > "$GRID/seed0.log" 2>&1 & p0=$!
   seed_worker 1 > "$GRID/seed1.log" 2>&1 & p1=$!
-  # The untested departures (6.11, g-i) beside them, a third process (most die in tens of
-  # iterations).
-  OMP_NUM_THREADS=1 $PY tools/ablate.py "${CANDIDATES[@]}" > "$CAND/run.log" 2>&1 \
-    & p2=$!
+  # The untested departures (6.11, g-i), then the implementation checks, beside them: a third
+  # process (most of its runs die in tens of iterations).
+  (OMP_NUM_THREADS=1 $PY tools/ablate.py "${CANDIDATES[@]}" &&
+   OMP_NUM_THREADS=1 $PY tools/ablate.py "${CHECKS[@]}") > "$CAND/run.log" 2>&1 & p2=$!
   r0=0 r1=0 r2=0
   wait $p0 || r0=$?
   wait $p1 || r1=$?
@@ -72,6 +74,10 @@ $PY tools/paper_verdict.py --faithful "$GRID" "${FIG4[@]}" --output "$V2/verdict
 if compgen -G "$CAND/*/seed*/result.json" > /dev/null; then
   $PY tools/ablate.py "${CANDIDATES[@]}" --report-only
   $PY tools/paper_diagnosis.py report --grid letters_paper_candidates --runs "$CAND"
+fi
+if compgen -G "$V2/checks/*/seed*/result.json" > /dev/null; then
+  $PY tools/ablate.py "${CHECKS[@]}" --report-only
+  $PY tools/paper_diagnosis.py report --grid letters_paper_checks --runs "$V2/checks"
 fi
 # Section 6.9's diagnosis, where its runs are here (tools/paper_diagnosis.py's docstring).
 if compgen -G "$OUT/diagnosis/*/seed*/metrics.json" > /dev/null; then

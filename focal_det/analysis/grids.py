@@ -222,6 +222,24 @@ CANDIDATE_GRID = [
     for suffix, change, note in CANDIDATE_CHANGES
 ]
 GRIDS["letters_paper_candidates"] = CANDIDATE_GRID
+# Added after the grid's α-CE runs and (g)-(i) all went NaN by iteration 22, before these ran:
+# is the divergence ours? The same α-CE α .75 run with our speed switches off (NCHW, no norm
+# folding), through the focal loss's code (γ 0), and on Detectron2's own RetinaNet (its loss,
+# head and matching; its EMA normalizer, which Detectron2 has instead of num_fg).
+CHECK_GRID = [
+    replace(CANDIDATE_GRID[0], name="ce_a0.75_nchw_unfolded",
+            extra=CANDIDATE_GRID[0].extra + (KEY + "CHANNELS_LAST", "False",
+                                             KEY + "FOLD_NORMS", "False"),
+            note="our speed switches off: NCHW, FrozenBN not folded"),
+    Entry("fl_g0_a0.75", "FocalLoss", gamma=0, alpha=0.75, paper_ap="31.1",
+          extra=CANDIDATE_GRID[0].extra, note="α-CE through the focal loss's code (γ 0)"),
+    replace(CANDIDATE_GRID[0], name="d2_retinanet_ce_a0.75",
+            extra=CANDIDATE_GRID[0].extra + (
+                "MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.RETINANET.FOCAL_LOSS_GAMMA",
+                "0.0", "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "0.75"),
+            note="Detectron2's RetinaNet (its loss, head, matching, EMA normalizer)"),
+]
+GRIDS["letters_paper_checks"] = CHECK_GRID
 
 
 def load_grid(spec: str) -> List[Entry]:
