@@ -61,6 +61,39 @@ def test_the_paper_agrees_with_itself_and_each_rule_can_fail():
     assert _agrees(_grid(), _figure4(0.3))["Figure 4"] == "no"
 
 
+def test_a_config_without_every_seed_is_not_run_and_table3_needs_fl_g2_to_train():
+    one_seed = _row("fl_g5_a0.25", FL, [20.0])  # would beat γ 2 on its one seed
+    assert _agrees(_grid(**{"fl_g5_a0.25": one_seed}))["Table 1b"] == "no"  # no seeds given
+    got = {c["claim"].split(":")[0]: c["agrees"]
+           for c in C.claims(_grid(**{"fl_g5_a0.25": one_seed}), seeds=[0, 1])}
+    assert got["Table 1b"] == "not run" and got["Table 1a"] == "**yes**"
+    lone_ce = {n: _row(n, CE, [30.0]) for n in ("ce_a0.25", "ce_a0.50")}
+    got = {c["claim"].split(":")[0]: c["agrees"]
+           for c in C.claims(_grid(**lone_ce), seeds=[0, 1])}
+    assert got["FL γ 2 beats the best α-CE"] == got["Table 1a"] == "not run"
+    nan_fl2 = _row("fl_g2_a0.25", FL, [0.0, 0.0], diverged=(0, 1))
+    assert _agrees(_grid(**{"fl_g2_a0.25": nan_fl2,
+                            "flstar_g2_b1": _row("flstar_g2_b1", FL, [0.0, 0.5]),
+                            "flstar_g4_b0": _row("flstar_g4_b0", FL, [0.2, 0.1])}))[
+        "Table 3"] == "no"  # FL* "as good as" a diverged FL γ 2 is not the paper's claim
+
+
+def test_checks_grid_loads_and_changes_only_the_implementation():
+    from focal_det import cli
+
+    grid = {e.name: e for e in GRIDS["letters_paper_checks"]}
+    cfgs = {n: cli.load_yaml_config(PAPER, e.opts()) for n, e in grid.items()}
+    assert not cfgs["ce_a0.75_nchw_unfolded"].MODEL.FOCAL_DET.CHANNELS_LAST
+    assert not cfgs["ce_a0.75_nchw_unfolded"].MODEL.FOCAL_DET.FOLD_NORMS
+    fl = cfgs["fl_g0_a0.75"].MODEL.FOCAL_DET.CLS_LOSS
+    assert (fl.NAME, fl.GAMMA, fl.ALPHA) == ("FocalLoss", 0.0, 0.75)
+    d2 = cfgs["d2_retinanet_ce_a0.75"].MODEL
+    assert d2.META_ARCHITECTURE == "RetinaNet"
+    assert (d2.RETINANET.FOCAL_LOSS_GAMMA, d2.RETINANET.FOCAL_LOSS_ALPHA) == (0.0, 0.75)
+    for cfg in cfgs.values():
+        assert cfg.SOLVER.STEPS == () and cfg.SOLVER.WARMUP_ITERS == 500
+
+
 def test_missing_runs_are_not_run_never_no():
     rows = _grid(**{"flstar_g4_b0": None, "ce_noprior": None, "fl_g5_a0.25": None})
     got = _agrees(rows)
@@ -103,11 +136,17 @@ def test_candidate_grid_changes_one_departure_each():
     assert (b16.IMS_PER_BATCH, b16.BASE_LR) == (16, 0.01)
 
 
-def test_config_warmup_longer_than_the_run_is_refused():
+def test_config_warmup_longer_than_the_run_is_refused(tmp_path):
     tool = load_script("tools/ablate.py")
-    with pytest.raises(SystemExit, match=r"WARMUP_ITERS \(500\) is longer than --iters 300"):
+    with pytest.raises(SystemExit, match=r"the config's SOLVER.WARMUP_ITERS \(500\) is longer "
+                                         r"than --iters 300"):
         tool.main(["--config-file", PAPER, "--grid", "letters_paper_candidates",
-                   "--iters", "300", "--warmup", "config", "--output", "unused", "--dry-run"])
+                   "--iters", "300", "--warmup", "config", "--output", str(tmp_path), "--dry-run"])
+    section6 = os.path.join(CONFIGS, "builtin", "retinanet_R18_letters_paper_6it.yaml")
+    with pytest.raises(SystemExit, match=r"ce_a0.75_warmup500's SOLVER.WARMUP_ITERS \(500\)"):
+        tool.main(["--config-file", section6, "--grid", "letters_paper_diagnosis",
+                   "--iters", "300", "--warmup", "config", "--output", str(tmp_path), "--dry-run"])
+    assert not os.listdir(tmp_path)  # refused before any run folder
 
 
 def _result(folder, name, seed, ap):

@@ -87,10 +87,14 @@ def main(argv=None) -> List[dict]:
     if args.warmup != "fixed":
         cfg = cli.load_yaml_config(args.config_file, args.opts)
         args.config_warmup = (cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER)
-        if args.warmup == "config" and cfg.SOLVER.WARMUP_ITERS > args.iters:
-            # Detectron2 would squeeze the warm-up into the run (a steeper ramp), not cut it.
-            raise SystemExit(f"--warmup config: the config's SOLVER.WARMUP_ITERS "
-                             f"({cfg.SOLVER.WARMUP_ITERS}) is longer than --iters {args.iters}")
+        if args.warmup == "config":  # the config's, or an entry's own, warm-up
+            # Detectron2 would squeeze a longer warm-up into the run (a steeper ramp), not cut it.
+            for name, n in [("the config", cfg.SOLVER.WARMUP_ITERS)] + [
+                    (e.name, int(v)) for e in grid
+                    for k, v in zip(e.extra[::2], e.extra[1::2]) if k == "SOLVER.WARMUP_ITERS"]:
+                if n > args.iters:
+                    raise SystemExit(f"--warmup config: {name}'s SOLVER.WARMUP_ITERS ({n}) is "
+                                     f"longer than --iters {args.iters}")
     if args.train:
         common += ["DATASETS.TRAIN", f"('{args.train}',)"]
         json_of = {n: j for n, j, _ in args.register_coco or ()}

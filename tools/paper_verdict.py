@@ -6,7 +6,7 @@ outputs of the faithful grid and the attribution arm.
         --stabilized output/ablation_paper_stab --parts output/ablation_paper_parts \\
         --output output/paper_verdict
     python tools/paper_verdict.py --faithful output/ablation_paper --print-best-ce
-    python tools/paper_verdict.py --faithful output/paper_v2/grid \
+    python tools/paper_verdict.py --faithful output/paper_v2/grid \\
         --figure4 output/paper_v2/loss_distribution/loss_distribution.json --output ...
 
 Reads each folder's ablation.json (tools/ablate.py) and, with --figure4, the
@@ -30,9 +30,13 @@ def _read(path, hint):
         return json.load(f)
 
 
-def _rows(folder):
+def _grid(folder):
     return _read(os.path.join(folder, "ablation.json"),
-                 f"run tools/ablate.py --output {folder} first")["rows"]
+                 f"run tools/ablate.py --output {folder} first")
+
+
+def _rows(folder):
+    return _grid(folder)["rows"]
 
 
 def main(argv=None):
@@ -61,7 +65,7 @@ def main(argv=None):
     v = V.verdict(faithful, stabilized, parts)
     figure4 = (_read(args.figure4, "run tools/loss_distribution.py first")
                if args.figure4 else None)
-    v["claims"] = paper_claims.claims(faithful, figure4)
+    v["claims"] = paper_claims.claims(faithful, figure4, _grid(args.faithful)["seeds"])
     table = V.markdown(v, faithful) + "\n" + paper_claims.markdown(v["claims"])
     command = cli.regenerate_command("tools/paper_verdict.py", argv)
     cli.write_report(args.output, "paper_verdict", v, "FL against CE on the paper's recipe",

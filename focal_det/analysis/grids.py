@@ -199,7 +199,8 @@ GRIDS["letters_paper_diagnosis"] = DIAGNOSIS_GRID
 # Issue 28, after the corrected recipe (Section 6.10) still sent α-CE α .75 to NaN: the
 # departures the config header still states, one at a time, on the corrected config itself
 # (configs/builtin/retinanet_R18_letters_paper.yaml), no LR step, every iteration's gradient
-# norms; short runs (tools/ablate.py --iters 300), each change against the same base.
+# norms; short runs (tools/ablate.py --iters 500: the warm-up ends with the run), each change
+# against the same base.
 _IMAGE_256 = ("INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "256",
               "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256")
 _ANCHORS_4X = ("MODEL.ANCHOR_GENERATOR.SIZES",
