@@ -28,6 +28,8 @@ ORDER=("ce_a0.25 ce_a0.50 ce_a0.75 ce_noprior" "fl_g2_a0.25" "fl_g0.5_a0.50"
 ALL=(${ORDER[*]})
 CANDIDATES=(--config-file "$CFG" --grid letters_paper_candidates --iters 500 --warmup config
             --seeds 0 1 --output "$CAND" MODEL.WEIGHTS "$PRE/backbone.pth")
+LONG=(--config-file "$CFG" --grid letters_paper --only fl_g2_a0.25 --iters 3000 --eval-points 6
+      --warmup config --output "$V2/grid_3000")
 CHECKS=(--config-file "$CFG" --grid letters_paper_checks --iters 500 --warmup config
         --seeds 0 1 --output "$V2/checks" MODEL.WEIGHTS "$PRE/backbone.pth")
 
@@ -36,6 +38,7 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
     $PY tools/pretrain_backbone.py --output "$PRE" --resume  # the recipe: the tool's defaults
   fi
   mkdir -p "$GRID" "$CAND"
+  # Each seed's grid, then FL gamma 2 on the config's own 3,000 iterations (6.11, added).
   seed_worker() {
     local seed=$1 group
     for group in "${ORDER[@]}"; do
@@ -43,6 +46,7 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
       OMP_NUM_THREADS=1 $PY tools/ablate.py "${COMMON[@]}" --only $group --seeds "$seed" \
         --output "$GRID" "${OPTS[@]}" || return 1
     done
+    OMP_NUM_THREADS=1 $PY tools/ablate.py "${LONG[@]}" --seeds "$seed" "${OPTS[@]}"
   }
   seed_worker 0 > "$GRID/seed0.log" 2>&1 & p0=$!
   seed_worker 1 > "$GRID/seed1.log" 2>&1 & p1=$!
@@ -75,6 +79,9 @@ if compgen -G "$GRID/*/seed*/result.json" > /dev/null; then
     FIG4=(--figure4 "$V2/loss_distribution/loss_distribution.json")
   fi
   $PY tools/paper_verdict.py --faithful "$GRID" "${FIG4[@]}" --output "$V2/verdict"
+fi
+if compgen -G "$V2/grid_3000/*/seed*/result.json" > /dev/null; then
+  $PY tools/ablate.py --report-only "${LONG[@]}" --seeds 0 1 "${OPTS[@]}"
 fi
 if compgen -G "$CAND/*/seed*/result.json" > /dev/null; then
   $PY tools/ablate.py --report-only "${CANDIDATES[@]}"
