@@ -46,7 +46,7 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
       OMP_NUM_THREADS=1 $PY tools/ablate.py "${COMMON[@]}" --only $group --seeds "$seed" \
         --output "$GRID" "${OPTS[@]}" || return 1
     done
-    OMP_NUM_THREADS=1 $PY tools/ablate.py "${LONG[@]}" --seeds "$seed" "${OPTS[@]}"
+    OMP_NUM_THREADS=1 $PY tools/ablate.py --seeds "$seed" "${LONG[@]}" "${OPTS[@]}"
   }
   seed_worker 0 > "$GRID/seed0.log" 2>&1 & p0=$!
   seed_worker 1 > "$GRID/seed1.log" 2>&1 & p1=$!
@@ -81,7 +81,7 @@ if compgen -G "$GRID/*/seed*/result.json" > /dev/null; then
   $PY tools/paper_verdict.py --faithful "$GRID" "${FIG4[@]}" --output "$V2/verdict"
 fi
 if compgen -G "$V2/grid_3000/*/seed*/result.json" > /dev/null; then
-  $PY tools/ablate.py --report-only "${LONG[@]}" --seeds 0 1 "${OPTS[@]}"
+  $PY tools/ablate.py --report-only --seeds 0 1 "${LONG[@]}" "${OPTS[@]}"
 fi
 if compgen -G "$CAND/*/seed*/result.json" > /dev/null; then
   $PY tools/ablate.py --report-only "${CANDIDATES[@]}"
