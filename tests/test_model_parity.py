@@ -76,11 +76,13 @@ def _distinct_scores(ours, theirs, batch, logit_std=2.0):
 
 # Folding BN into the conv (FOLD_NORMS, on by default) rounds differently in float32: through
 # this random-weight net, whose activations reach 1e3-1e4, boxes then move by up to ~1e-4 of
-# their coordinates. Without folding, the strict tolerances hold; with it, a relative one does
-# (still far below the pixel-sized errors of a wrong anchor, delta or threshold).
+# their coordinates, and up to ~4e-4 on one thread (OMP_NUM_THREADS=1 changes the convolutions'
+# summation order; seen 3.9e-4 with channels-last). Without folding, the strict tolerances hold;
+# with it, a relative one does (still far below the pixel-sized errors of a wrong anchor, delta
+# or threshold).
 @pytest.mark.parametrize("fold,channels_last,box_rtol,score_atol",
-                         [(False, False, 0, 1e-5), (True, False, 2e-4, 1e-4),
-                          (True, True, 2e-4, 1e-4)])
+                         [(False, False, 0, 1e-5), (True, False, 6e-4, 1e-4),
+                          (True, True, 6e-4, 1e-4)])
 def test_eval_detections_match_detectron2(fold, channels_last, box_rtol, score_atol):
     ours, theirs = _pair(5, 2, channels_last)
     if not fold:
