@@ -193,6 +193,9 @@ def test_curves_chart_draws_diverged_configs_and_best_of_breaks_ties_by_survival
     late = _row("ce_a0.75", CE, [0.0, 0.0], diverged=(0, 1))
     late["diverged_at"] = [22, 24]
     fl = _row("fl_g2_a0.25", FL, [3.0, 4.0], curve=[(500, 1, 0, 2), (1000, 3.5, 0.7, 2)])
+    # one seed NaN, the other finished: the line is the finished seed's, and says so
+    half = _row("fl_g0.5_a0.50", FL, [0.0, 9.9], curve=[(500, 1.6, 0, 1), (1000, 9.9, 0, 1)])
+    half["diverged_at"] = [40, None]
     assert best_of([early, late, fl], (CE,))["name"] == "ce_a0.75"
     labels = []
     real_savefig = plt.Figure.savefig
@@ -203,9 +206,11 @@ def test_curves_chart_draws_diverged_configs_and_best_of_breaks_ties_by_survival
 
     plt.Figure.savefig = capture
     try:
-        plot_curves([early, late, fl], str(tmp_path / "c.png"), "t", ["ce_a0.75", "fl_g2_a0.25"])
+        plot_curves([early, late, fl, half], str(tmp_path / "c.png"), "t",
+                    ["ce_a0.75", "fl_g2_a0.25"])
     finally:
         plt.Figure.savefig = real_savefig
     assert labels == ["ce_a0.25: NaN at iteration 3, 3", "ce_a0.75: NaN at iteration 22, 24",
-                      "fl_g2_a0.25 (highlighted)"]
+                      "fl_g2_a0.25 (highlighted)",
+                      "fl_g0.5_a0.50 (finished seeds only; NaN at iteration 40)"]
     assert (tmp_path / "c.png").stat().st_size > 0

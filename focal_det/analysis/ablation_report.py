@@ -147,9 +147,11 @@ def plot_curves(rows: List[dict], path: str, title: str, highlight: List[str]) -
         mean = [c[1] for c in r["ap_curve"]]
         std = [0.0 if math.isnan(c[2]) else c[2] for c in r["ap_curve"]]
         bold = r["name"] in highlight
+        label = r["name"] + (" (highlighted)" if bold else "")
+        if nan_at:  # a seed that went NaN has no curve: the line is the other seeds' mean
+            label += f" (finished seeds only; NaN at iteration {', '.join(map(str, nan_at))})"
         line, = ax.plot(its, mean, marker="o", linewidth=2.5 if bold else 0.9,
-                        alpha=1.0 if bold else 0.55, markersize=5 if bold else 3,
-                        label=r["name"] + (" (highlighted)" if bold else ""))
+                        alpha=1.0 if bold else 0.55, markersize=5 if bold else 3, label=label)
         if bold:
             ax.fill_between(its, [m - s for m, s in zip(mean, std)],
                             [m + s for m, s in zip(mean, std)], color=line.get_color(),
