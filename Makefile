@@ -69,7 +69,7 @@ pretrain: $(STAMP)
 	$(PY) tools/pretrain_backbone.py --output output/pretrain_R18_glyphs --resume
 
 # docs/REPRODUCTION.md Section 6.11: the paper's grid on the corrected recipe, its verdict, the
-# paper's claims, Figure 4 and the untested departures (about 2.5 h on 2 cores after the backbone;
+# paper's claims, Figure 4 and the untested departures (about 2-3.5 h on 2 cores after the backbone;
 # resumes where it stopped). paper-report: every table and figure again from finished runs.
 reproduce-paper: $(STAMP)
 	PYTHON=$(PY) bash tools/reproduce_paper.sh
