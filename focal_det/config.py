@@ -17,7 +17,7 @@ SUPERSEDED_RETINANET_KEYS = {
     "PRIOR_PROB": (0.01, "MODEL.FOCAL_DET.HEAD.PRIOR_PROB"),
 }
 
-LOSS_NORMALIZERS = ("num_fg", "ema")
+LOSS_NORMALIZERS = ("num_fg", "ema", "constant")
 
 
 def add_focal_det_config(cfg: CN) -> CN:
@@ -51,8 +51,11 @@ def add_focal_det_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL_DET.HEAD.WEIGHT_INIT = "fixed"
 
     # Classification-loss normalizer: "num_fg" = foreground anchors in the batch, summed over
-    # all workers (the paper); "ema" = Detectron2's moving average (momentum 0.9, start 100).
+    # all workers (the paper); "ema" = Detectron2's moving average (momentum 0.9, start 100);
+    # "constant" = LOSS_NORMALIZER_VALUE, a fixed foreground count of the whole batch (a
+    # diagnosis: docs/REPRODUCTION.md Section 7).
     _C.MODEL.FOCAL_DET.LOSS_NORMALIZER = "num_fg"
+    _C.MODEL.FOCAL_DET.LOSS_NORMALIZER_VALUE = 0.0
     # Which anchors the classification loss trains on (focal_det.modeling.sampling): "" = all
     # of them (the paper's FL), "OHEM" = the paper's Table 1d baseline.
     _C.MODEL.FOCAL_DET.SAMPLER = CN()
@@ -162,6 +165,11 @@ def validate_retinanet_config(cfg) -> None:
     r = cfg.MODEL.RETINANET
     check_choice("MODEL.FOCAL_DET.LOSS_NORMALIZER", cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER,
                  LOSS_NORMALIZERS)
+    if (cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER == "constant"
+            and not cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER_VALUE > 0):
+        raise ValueError("MODEL.FOCAL_DET.LOSS_NORMALIZER constant needs "
+                         "MODEL.FOCAL_DET.LOSS_NORMALIZER_VALUE > 0, got "
+                         f"{cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER_VALUE!r}")
     check_iou_thresholds("MODEL.RETINANET.IOU_THRESHOLDS", r.IOU_THRESHOLDS, r.IOU_LABELS)
     check_range("MODEL.RETINANET.SCORE_THRESH_TEST", r.SCORE_THRESH_TEST, 0.0, 1.0)
     check_range("MODEL.RETINANET.NMS_THRESH_TEST", r.NMS_THRESH_TEST, 0.0, 1.0)

@@ -105,10 +105,11 @@ def test_inference_on_odd_image_sizes(size):
     assert len(inst) <= 100 and torch.isfinite(inst.pred_boxes.tensor).all()
 
 
-@pytest.mark.parametrize("normalizer", ["num_fg", "ema"])
+@pytest.mark.parametrize("normalizer", ["num_fg", "ema", "constant"])
 def test_loss_normalizers(normalizer):
     cfg = get_tiny_cfg()
     cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER = normalizer
+    cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER_VALUE = 7.5
     model = build_model(cfg)
     batch = random_batch(seed=5)
     losses = _train_step(model, batch)
@@ -116,7 +117,7 @@ def test_loss_normalizers(normalizer):
     with EventStorage() as storage:
         model(copy.deepcopy(batch))
         num_fg = storage.latest()["num_pos_anchors"][0] * len(batch)
-    expected = num_fg if normalizer == "num_fg" else 0.9 * 100 + 0.1 * num_fg
+    expected = {"num_fg": num_fg, "ema": 0.9 * 100 + 0.1 * num_fg, "constant": 7.5}[normalizer]
     raw = model.cls_loss(*_logits_and_labels(model, batch))
     torch.testing.assert_close(losses["loss_cls"].detach(), raw / expected, rtol=1e-5, atol=0)
 
@@ -273,6 +274,7 @@ def test_thousands_of_gt_boxes_match_in_bounded_memory(monkeypatch):
     ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[1.0], [2.0]], r"ASPECT_RATIOS=.*2 entries"),
     ("MODEL.FOCAL_DET.LOSS_NORMALIZER", "batch", r"LOSS_NORMALIZER='batch'.*num_fg.*ema"),
     ("MODEL.FOCAL_DET.MATCHER_CHUNK", 0, r"MATCHER_CHUNK=0"),
+    ("MODEL.FOCAL_DET.LOSS_NORMALIZER", "constant", r"LOSS_NORMALIZER_VALUE > 0, got 0.0"),
     ("MODEL.FOCAL_DET.HEAD.BIAS_INIT", "Random", r"BIAS_INIT='Random'.*PriorProb"),
 ])
 def test_invalid_configs_name_key_value_and_allowed(key, value, match):

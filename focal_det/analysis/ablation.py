@@ -25,6 +25,7 @@ __all__ = ["GRIDS", "KEY", "LETTERS_GRID", "NO_CLIP", "OHEM_GRID", "PAPER_GRID",
 from .grids import (  # noqa: E402  (re-exported: tools and tests use them here)
     GRIDS, KEY, LETTERS_GRID, NO_CLIP, OHEM_GRID, PAPER_GRID, AblationError, Entry, load_grid,
 )
+from . import mechanism_grid  # noqa: E402,F401  (adds letters_paper_mechanism to GRIDS)
 
 
 def budget_opts(iters: int, eval_points: int = 1, scaled_warmup: bool = False) -> List[str]:

@@ -11,7 +11,8 @@ anchors, matching, box coding, box losses, NMS and post-processing are Detectron
 - inference turns logits into scores with that loss's ``probs`` (sigmoid(gamma x + beta) for FL*);
 - the last class conv's bias comes from ``MODEL.FOCAL_DET.HEAD.BIAS_INIT``;
 - the loss normalizer is ``MODEL.FOCAL_DET.LOSS_NORMALIZER``: "num_fg" (foreground anchors of
-  the whole batch, summed over workers) or "ema" (Detectron2's moving average).
+  the whole batch, summed over workers), "ema" (Detectron2's moving average) or "constant"
+  (a fixed count, ``MODEL.FOCAL_DET.LOSS_NORMALIZER_VALUE``).
 """
 import logging
 from functools import partial
@@ -53,7 +54,8 @@ class FocalRetinaNet(RetinaNet):
                  fold_norms: bool = True, channels_last: bool = True,
                  crowd_ioa_thresh: Optional[float] = None, anchor_sampler=None,
                  inference_precision: str = "float32", low_quality_min_iou: float = 0.0,
-                 head_weight_init: str = "fixed", **kwargs):
+                 head_weight_init: str = "fixed", loss_normalizer_value: float = 0.0,
+                 **kwargs):
         """
         Args:
             cls_loss: a :class:`focal_det.losses.ClassificationLoss` (its docstring is the
@@ -62,7 +64,9 @@ class FocalRetinaNet(RetinaNet):
                 under ``bias_init`` in ``focal_det.bias_init`` (the paper's ``PriorProb``:
                 every anchor starts at foreground probability ``prior_prob`` under
                 ``cls_loss.probs``). Applied here, so keyword and config builds agree.
-            loss_normalizer: "num_fg" or "ema" (see module docstring).
+            loss_normalizer: "num_fg", "ema" or "constant" (see module docstring).
+            loss_normalizer_value: with "constant", the normalizer: a foreground count of the
+                whole batch (all workers), fixed whatever the batch holds.
             matcher_chunk: images with more GT boxes than this are matched to anchors in chunks
                 of this many boxes (bounded memory, same result).
             fold_norms: fold FrozenBN (always) and BN (at inference) into the conv before it
@@ -92,6 +96,10 @@ class FocalRetinaNet(RetinaNet):
         apply_head_weight_init(self.head, head_weight_init)
         self.anchor_matcher = with_low_quality_min_iou(self.anchor_matcher, low_quality_min_iou)
         check_choice("loss_normalizer", loss_normalizer, LOSS_NORMALIZERS)
+        if loss_normalizer == "constant" and not loss_normalizer_value > 0:
+            raise ValueError(f"loss_normalizer 'constant' needs loss_normalizer_value > 0, got "
+                             f"{loss_normalizer_value!r}")
+        self.loss_normalizer_value = float(loss_normalizer_value)
         if matcher_chunk < 1:
             raise ValueError(f"MODEL.FOCAL_DET.MATCHER_CHUNK={matcher_chunk!r} must be >= 1")
         self.matcher_chunk = matcher_chunk
@@ -132,6 +140,7 @@ class FocalRetinaNet(RetinaNet):
         ret["bias_init"] = cfg.MODEL.FOCAL_DET.HEAD.BIAS_INIT
         ret["prior_prob"] = cfg.MODEL.FOCAL_DET.HEAD.PRIOR_PROB
         ret["loss_normalizer"] = cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER
+        ret["loss_normalizer_value"] = cfg.MODEL.FOCAL_DET.LOSS_NORMALIZER_VALUE
         ret["matcher_chunk"] = cfg.MODEL.FOCAL_DET.MATCHER_CHUNK
         crowd = cfg.MODEL.FOCAL_DET.CROWD
         ret["crowd_ioa_thresh"] = crowd.IOA_THRESH if crowd.ENABLED else None
@@ -190,9 +199,11 @@ class FocalRetinaNet(RetinaNet):
     def _normalizer(self, num_pos_anchors: int) -> float:
         if self.normalizer_mode == "ema":
             return self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
+        world = comm.get_world_size()
+        if self.normalizer_mode == "constant":  # the batch's count: each worker's share
+            return self.loss_normalizer_value / world
         # DDP averages gradients over workers, so dividing each worker's loss by the mean
         # foreground count makes the total the batch's loss over the batch's foreground count.
-        world = comm.get_world_size()
         if world > 1:
             count = torch.tensor([float(num_pos_anchors)], device=self.device)
             torch.distributed.all_reduce(count)
