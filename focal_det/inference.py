@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 from detectron2.config import CfgNode
 
-from .lazy_run import LazyRunConfig
+from .lazy_run import LazyRunConfig, lazy_resize
 
 
 @dataclass
@@ -20,17 +20,6 @@ class InferenceSpec:
     input_format: str
     test_dataset: Optional[str]
     weights_key: str = "MODEL.WEIGHTS"  # where the config names the weights
-
-
-def lazy_resize(cfg):
-    """(short edge, max size) of the test mapper's ResizeShortestEdge."""
-    for aug in cfg.dataloader.test.mapper.get("augmentations", []):
-        if "short_edge_length" in aug:
-            short = aug.short_edge_length
-            short = short if isinstance(short, int) else list(short)[0]
-            return int(short), int(aug.get("max_size", 1333))
-    raise ValueError("dataloader.test.mapper.augmentations has no ResizeShortestEdge: "
-                     "the test resize is unknown")
 
 
 def inference_spec(cfg) -> InferenceSpec:

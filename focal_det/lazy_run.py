@@ -38,7 +38,7 @@ from detectron2.config import CfgNode
 from .config import get_cfg
 from .errors import FocalDetError
 
-__all__ = ["LazyRunConfig", "run_config", "dataset_names", "KEYS"]
+__all__ = ["LazyRunConfig", "run_config", "dataset_names", "lazy_resize", "KEYS"]
 
 KEYS = {"MODEL.WEIGHTS": "train.init_checkpoint", "OUTPUT_DIR": "train.output_dir",
         "MODEL.DEVICE": "train.device"}
@@ -68,10 +68,20 @@ def dataset_names(node) -> List[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
+def lazy_resize(cfg):
+    """(short edge, max size) of the test mapper's ResizeShortestEdge: the test resize, as the
+    engine (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``) and ``Predictor`` read it."""
+    for aug in cfg.dataloader.test.mapper.get("augmentations", []):
+        if "short_edge_length" in aug:
+            short = aug.short_edge_length
+            short = short if isinstance(short, int) else list(short)[0]
+            return int(short), int(aug.get("max_size", 1333))
+    raise ValueError("dataloader.test.mapper.augmentations has no ResizeShortestEdge: "
+                     "the test resize is unknown")
+
+
 def run_config(lazy) -> LazyRunConfig:
     """The frozen engine view of LazyConfig ``lazy`` (see the module docstring)."""
-    from .inference import lazy_resize  # the test resize, as Predictor reads it
-
     train, loaders = lazy.train, lazy.dataloader
     ddp = {k: v for k, v in dict(train.get("ddp", {})).items() if DDP_DEFAULTS.get(k) != v}
     if ddp:
