@@ -17,10 +17,11 @@ COCO_LEVELS = [(100, 168), (50, 84), (25, 42), (13, 21), (7, 11)]
 ANCHORS_PER_LOCATION = 9
 
 
-def coco_level_logits(images=2, classes=80, seed=0, device="cpu") -> List[torch.Tensor]:
+def coco_level_logits(images=2, classes=80, seed=0, device="cpu",
+                      levels=COCO_LEVELS) -> List[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(images, h * w * ANCHORS_PER_LOCATION, classes, generator=g) * 2 - 3)
-            .to(device).requires_grad_() for h, w in COCO_LEVELS]
+            .to(device).requires_grad_() for h, w in levels]
 
 
 def anchor_labels(rows, classes, generator, fg=0.003, ignored=0.015):
@@ -32,9 +33,9 @@ def anchor_labels(rows, classes, generator, fg=0.003, ignored=0.015):
     return labels
 
 
-def coco_labels(images, classes, seed=1, device="cpu") -> List[torch.Tensor]:
+def coco_labels(images, classes, seed=1, device="cpu", levels=COCO_LEVELS) -> List[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    rows = sum(h * w for h, w in COCO_LEVELS) * ANCHORS_PER_LOCATION
+    rows = sum(h * w for h, w in levels) * ANCHORS_PER_LOCATION
     return [anchor_labels(rows, classes, g).to(device) for _ in range(images)]
 
 

@@ -1,5 +1,7 @@
 """Model set-up shared by the model benchmarks: the same R50-FPN weights in FocalRetinaNet and
-Detectron2's RetinaNet, calibrated score scenarios, synthetic batches, one step, one detection."""
+Detectron2's RetinaNet, calibrated score scenarios, synthetic batches, one step, one detection,
+the parity checks of losses and detections, and torchvision's RetinaNet as a reference."""
+import copy
 import os
 
 import torch
@@ -91,3 +93,60 @@ def detect(model, batch):
     model.eval()
     with torch.no_grad():
         return model(batch)[0]["instances"]
+
+
+def same_detections(a, b):
+    """Same detections: equal count, and each detection of ``a`` pairs with its own detection
+    of ``b`` of the same class, box within 1e-3 px + 2e-4 relative, score within 1e-5 (as a
+    set: two detections with scores equal to the last float bit may come in either order)."""
+    if len(a) != len(b):
+        return False
+    used = torch.zeros(len(b), dtype=torch.bool)
+    for i in range(len(a)):
+        box_diff = (b.pred_boxes.tensor - a.pred_boxes.tensor[i]).abs()
+        box_tol = 1e-3 + 2e-4 * a.pred_boxes.tensor[i].abs()
+        match = ((b.pred_classes == a.pred_classes[i]) & ~used
+                 & ((b.scores - a.scores[i]).abs() <= 1e-5) & (box_diff <= box_tol).all(dim=1))
+        j = match.nonzero()
+        if len(j) == 0:
+            return False
+        used[j[0, 0]] = True
+    return True
+
+
+def check_losses(ours, theirs, train_batch):
+    ours_c, theirs_c = copy.deepcopy(ours), copy.deepcopy(theirs)
+    l1 = train_step(ours_c, torch.optim.SGD(ours_c.parameters(), lr=0.0), train_batch)
+    l2 = train_step(theirs_c, torch.optim.SGD(theirs_c.parameters(), lr=0.0), train_batch)
+    ok = all(abs(l1[k] - l2[k]) <= 1e-5 * max(abs(l2[k]), 1e-12) for k in l2)
+    return {"losses_ours": l1, "losses_detectron2": l2, "losses_match": ok}
+
+
+def torchvision_retinanet(device, n, h, w):
+    """torchvision's retinanet_resnet50_fpn (random init, 80 classes, no resize at this size,
+    100 detections per image): a reference users know, not the same weights."""
+    from torchvision.models.detection import retinanet_resnet50_fpn
+
+    torch.manual_seed(0)
+    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=80,
+                                   min_size=min(h, w), max_size=max(h, w),
+                                   detections_per_img=100).to(device)
+    batch = make_batch(n, h, w, device)
+    images = [b["image"] / 255.0 for b in batch]
+    targets = [{"boxes": b["instances"].gt_boxes.tensor, "labels": b["instances"].gt_classes}
+               for b in batch]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+
+    def step():
+        model.train()
+        losses = model(images, targets)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(images[:1])
+
+    return step, infer

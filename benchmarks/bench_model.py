@@ -15,11 +15,15 @@ Also, device independent (counted on CPU at COCO scale: batch 2, 800x1333, spars
 top-level dispatched ops and host-device synchronizations (``.item()``, ``.tolist()``,
 ``nonzero``, boolean indexing; see ``focal_det.utils.op_count``) per training step and per
 inference call, ours vs Detectron2 (``op_counts``; ``--only-op-counts`` runs just that).
+All of it (but the op counts, which do not vary) runs ``--rounds`` times (default 3), each
+round a whole interleaved measurement; the JSON keeps every round (``per_round``), each ratio's
+median, min and max over the rounds (``ratios``) and, against issue 7's goals, whether a claim
+holds for every round, the median only, or none (``claims``).
 Prints JSON. Asserts nothing about time; exits non-zero only if the models' losses or
-detections differ.
+detections differ in any round.
 
-Usage: python -m benchmarks.bench_model [--repeats 3] [--device cpu|cuda] [--only-op-counts]
-       [--output DIR]   (also writes DIR/bench_model_<devices>.json)
+Usage: python -m benchmarks.bench_model [--rounds 3] [--repeats 3] [--device cpu|cuda]
+       [--only-op-counts] [--output DIR]   (also writes DIR/bench_model_<devices>.{json,md})
 """
 import argparse
 import copy
@@ -32,16 +36,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 
-from benchmarks._common import interleaved, peak_extra_bytes, write_result
+from benchmarks._common import (Goal, add_rounds_arg, emit, interleaved,
+    markdown_ratios, peak_extra_bytes, run_rounds)
 from benchmarks._model_setup import (
     SCORE_SCENARIOS,
     build_pair,
+    check_losses,
     detect,
     make_batch,
+    same_detections,
     set_scores,
+    torchvision_retinanet,
     train_step,
 )
 from focal_det import cli
+
+# Issue 7's goals, ours / Detectron2's: training step <= 0.85, inference <= 0.8 (with identical
+# detections), peak training memory <= 0.8.
+GOALS = (Goal("train_step", "<=", 0.85, "issue 7"),
+         Goal("inference_sparse", "<=", 0.8, "issue 7"),
+         Goal("inference_dense", "<=", 0.8, "issue 7"),
+         Goal("peak_train_memory", "<=", 0.8, "issue 7"))
 
 
 def phases(model, batch, sync):
@@ -73,63 +88,6 @@ def phases(model, batch, sync):
     model.zero_grad(set_to_none=True)
     names = ["backbone_fpn", "head", "anchor_labeling", "losses", "backward"]
     return {n: t[i + 1] - t[i] for i, n in enumerate(names)}
-
-
-def same_detections(a, b):
-    """Same detections: equal count, and each detection of ``a`` pairs with its own detection
-    of ``b`` of the same class, box within 1e-3 px + 2e-4 relative, score within 1e-5 (as a
-    set: two detections with scores equal to the last float bit may come in either order)."""
-    if len(a) != len(b):
-        return False
-    used = torch.zeros(len(b), dtype=torch.bool)
-    for i in range(len(a)):
-        box_diff = (b.pred_boxes.tensor - a.pred_boxes.tensor[i]).abs()
-        box_tol = 1e-3 + 2e-4 * a.pred_boxes.tensor[i].abs()
-        match = ((b.pred_classes == a.pred_classes[i]) & ~used
-                 & ((b.scores - a.scores[i]).abs() <= 1e-5) & (box_diff <= box_tol).all(dim=1))
-        j = match.nonzero()
-        if len(j) == 0:
-            return False
-        used[j[0, 0]] = True
-    return True
-
-
-def check_losses(ours, theirs, train_batch):
-    ours_c, theirs_c = copy.deepcopy(ours), copy.deepcopy(theirs)
-    l1 = train_step(ours_c, torch.optim.SGD(ours_c.parameters(), lr=0.0), train_batch)
-    l2 = train_step(theirs_c, torch.optim.SGD(theirs_c.parameters(), lr=0.0), train_batch)
-    ok = all(abs(l1[k] - l2[k]) <= 1e-5 * max(abs(l2[k]), 1e-12) for k in l2)
-    return {"losses_ours": l1, "losses_detectron2": l2, "losses_match": ok}
-
-
-def torchvision_retinanet(device, n, h, w):
-    """torchvision's retinanet_resnet50_fpn (random init, 80 classes, no resize at this size,
-    100 detections per image): a reference users know, not the same weights."""
-    from torchvision.models.detection import retinanet_resnet50_fpn
-
-    torch.manual_seed(0)
-    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=80,
-                                   min_size=min(h, w), max_size=max(h, w),
-                                   detections_per_img=100).to(device)
-    batch = make_batch(n, h, w, device)
-    images = [b["image"] / 255.0 for b in batch]
-    targets = [{"boxes": b["instances"].gt_boxes.tensor, "labels": b["instances"].gt_classes}
-               for b in batch]
-    opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
-
-    def step():
-        model.train()
-        losses = model(images, targets)
-        opt.zero_grad()
-        sum(losses.values()).backward()
-        opt.step()
-
-    def infer():
-        model.eval()
-        with torch.no_grad():
-            model(images[:1])
-
-    return step, infer
 
 
 def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
@@ -216,6 +174,12 @@ def run(device, repeats, with_torchvision=True, cpu_size=(2, 640, 640)):
     }
 
 
+def one_round(device, args):
+    """One interleaved measurement (:func:`run`): its result and its ratios."""
+    detail = run(device, args.repeats, not args.no_torchvision, tuple(args.cpu_size))
+    return detail, detail["ratios_ours_over_detectron2"]
+
+
 def op_counts(n=2, h=800, w=1333):
     """Dispatched ops and host syncs per training step and per inference call (one image,
     sparse scores), ours vs Detectron2, same weights; counted on CPU (device independent)."""
@@ -271,38 +235,45 @@ def memory_in_subprocess(name, cpu_size):
     return result["peak_extra_bytes"], result["train_step_alone"]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats a round")
+    add_rounds_arg(parser)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--no-torchvision", action="store_true",
                         help="skip torchvision's retinanet_resnet50_fpn reference")
     parser.add_argument("--cpu-size", type=int, nargs=3, default=[2, 640, 640],
                         metavar=("BATCH", "H", "W"), help="CPU batch and image size")
+    parser.add_argument("--op-count-size", type=int, nargs=3, default=[2, 800, 1333],
+                        metavar=("BATCH", "H", "W"),
+                        help="batch and image size of the op and sync counts (default COCO "
+                             "scale; smaller only to check the JSON's shape)")
     parser.add_argument("--only-op-counts", action="store_true",
                         help="only the op and sync counts (no timing)")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
-    cli.add_output(parser, what="bench_model_<devices>.json (the JSON also goes to stdout)")
-    args = parser.parse_args()
+    cli.add_output(parser, what="bench_model_<devices>.{json,md} (the JSON also goes to stdout)")
+    args = parser.parse_args(argv)
     if args.memory_worker:
         return memory_worker(args.memory_worker, tuple(args.cpu_size))
-    counts = op_counts()
+    counts = op_counts(*args.op_count_size)
     out = {"torch": torch.__version__, "op_counts": counts,
-           "command": cli.regenerate_command(["-m", "benchmarks.bench_model"])}
+           "command": cli.regenerate_command(["-m", "benchmarks.bench_model"], argv)}
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     results = []
     if not args.only_op_counts:
-        results = out["results"] = [run(d, args.repeats, not args.no_torchvision,
-                                         tuple(args.cpu_size)) for d in devices]
-    print(json.dumps(out, indent=2))
-    if args.output:
-        name = "op_counts" if args.only_op_counts else "_".join(devices)
-        write_result(args.output, f"bench_model_{name}.json", out)
-    if not all(v for r in results for k, v in r["parity"].items()
+        results = out["results"] = [
+            {"device": d, **run_rounds(lambda d=d: one_round(d, args), args.rounds, GOALS,
+                                       f"bench_model {d}")} for d in devices]
+    name = "op_counts" if args.only_op_counts else "_".join(devices)
+    emit(out, args.output, f"bench_model_{name}.json", "\n".join(
+        markdown_ratios(r, f"bench_model, {r['device']}, ours / Detectron2") for r in results))
+    if not all(v for r in results for detail in r["per_round"]
+               for k, v in detail["parity"].items()
                if k == "losses_match" or k.startswith("detections_match")):
         sys.exit("FocalRetinaNet and Detectron2's RetinaNet disagree (see parity above)")
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_tool(main, "bench_model.py")
