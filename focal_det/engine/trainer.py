@@ -9,7 +9,8 @@ it (:mod:`focal_det.engine.lazy`); everything else (hooks, resume, preemption) i
 The checkpointed trainer state (``Trainer.state_dict``) is Detectron2's (iteration, hooks:
 LR scheduler) plus, under ``"focal_det"``, what Detectron2 does not keep: the optimizer
 (Detectron2 v0.6 did not checkpoint it; later versions add ``"_trainer"``, which is used when
-present), the torch RNG and RetinaNet's EMA loss normalizer (a plain attribute of the model).
+present), the torch RNG and what the model keeps outside its state_dict (RetinaNet's EMA loss
+normalizer), which ``FocalRetinaNet`` gives through ``training_state()``.
 """
 import logging
 import os
@@ -24,10 +25,13 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
 from ..checkpoint import FocalCheckpointer
 from ..config import check_num_classes
 from ..lazy_run import LazyRunConfig
+from ..modeling.retinanet import FocalRetinaNet
+from ..modeling.train_state import ema_normalizer_state, load_ema_normalizer_state
 from ..data.checks import FocalDatasetMapper, sanitize_boxes
 from ..data.resumable import PositionalDataset, PositionalSampler, SeededMapper
 from ..evaluation import FocalCOCOEvaluator
@@ -36,6 +40,22 @@ from . import amp, grad_stats, lazy, preemption
 
 # Where checkpoints written before this module existed kept the RNG and EMA state.
 _LEGACY_HOOK_SUFFIX = "ResumeStateHook"
+
+
+def model_training_state(model: torch.nn.Module) -> dict:
+    """What exact resume needs of the model beyond its state_dict: FocalRetinaNet's
+    ``training_state()`` (its contract); Detectron2's RetinaNet, which has no such method, the
+    same EMA normalizer (:mod:`focal_det.modeling.train_state`); any other model: nothing."""
+    if isinstance(model, FocalRetinaNet):
+        return model.training_state()
+    return ema_normalizer_state(model) if isinstance(model, RetinaNet) else {}
+
+
+def load_model_training_state(model: torch.nn.Module, state: dict) -> None:
+    if isinstance(model, FocalRetinaNet):
+        model.load_training_state(state)
+    elif isinstance(model, RetinaNet):
+        load_ema_normalizer_state(model, state)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -140,9 +160,7 @@ class Trainer(DefaultTrainer):
         ret = super().state_dict()
         ret.setdefault("_trainer", self._trainer.state_dict())
         state = {"torch_rng": torch.get_rng_state()}
-        model = unwrap(self.model)
-        if hasattr(model, "loss_normalizer"):
-            state["ema_loss_normalizer"] = float(model.loss_normalizer)
+        state.update(model_training_state(unwrap(self.model)))
         ret["focal_det"] = state
         return ret
 
@@ -159,8 +177,7 @@ class Trainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
         if state is not None:
             torch.set_rng_state(state["torch_rng"])
-            if "ema_loss_normalizer" in state:
-                unwrap(self.model).loss_normalizer = state["ema_loss_normalizer"]
+            load_model_training_state(unwrap(self.model), state)
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

@@ -40,6 +40,7 @@ from .head_init import apply_head_weight_init
 from .matching import match_in_chunks, with_low_quality_min_iou
 from .mixed import float32_outputs, inference_autocast, no_autocast
 from .sampling import anchor_losses, build_anchor_sampler
+from .train_state import ema_normalizer_state, load_ema_normalizer_state
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,14 @@ class FocalRetinaNet(RetinaNet):
         """What FocalCheckpointer records and checks of this model's class head."""
         return ClassHeadCheck(self.head.cls_score.weight.shape, self.num_classes,
                               self.num_logits, type(self.cls_loss).__name__)
+
+    def training_state(self) -> dict:
+        """What exact resume needs beyond ``state_dict()`` (``Trainer`` checkpoints it; see
+        :mod:`focal_det.modeling.train_state`)."""
+        return ema_normalizer_state(self)
+
+    def load_training_state(self, state: dict) -> None:
+        load_ema_normalizer_state(self, state)
 
     def preprocess_image(self, batched_inputs):
         images = super().preprocess_image(batched_inputs)
