@@ -10,6 +10,11 @@ Which COCOeval computes AP:
 
 All three give the same AP (``tests/test_evaluation.py`` checks 2 against 3 to 1e-4 on the
 built-in val split). ``FOCAL_DET_COCOEVAL=pycocotools`` forces 3.
+
+:func:`build_evaluator` picks the evaluator by the dataset's metadata ``evaluator_type``, as
+Detectron2's ``tools/train_net.py`` does: "lvis" (Detectron2's ``lvis_*`` splits, the built-in
+long-tailed data) gets :class:`focal_det.lvis_evaluation.FocalLVISEvaluator` (AP, APr, APc,
+APf), anything else this COCO evaluator (Detectron2's converts a dataset without a json).
 """
 import contextlib
 import os
@@ -76,3 +81,15 @@ class FocalCOCOEvaluator(COCOEvaluator):
             self._logger.warning("The model made no detections: reporting AP = 0.")
             return {m: 0.0 for m in BBOX_METRICS}
         return super()._derive_coco_results(coco_eval, iou_type, class_names)
+
+
+def build_evaluator(dataset_name: str, output_dir: Optional[str] = None, distributed=True):
+    """The evaluator of ``dataset_name`` by its metadata's ``evaluator_type`` (module
+    docstring): LVIS's for "lvis", COCO's otherwise."""
+    from detectron2.data import MetadataCatalog
+
+    if MetadataCatalog.get(dataset_name).get("evaluator_type", None) == "lvis":
+        from .lvis_evaluation import FocalLVISEvaluator
+
+        return FocalLVISEvaluator(dataset_name, output_dir=output_dir, distributed=distributed)
+    return FocalCOCOEvaluator(dataset_name, output_dir=output_dir, distributed=distributed)

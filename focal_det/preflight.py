@@ -7,6 +7,9 @@ For COCO-format datasets (registered with a ``json_file``, as Detectron2's COCO 
 ``--register-coco`` and the built-in dataset are) the json itself is read here: missing or
 unreadable file, malformed json, missing keys, annotations whose category is not in
 ``categories``, images listed but missing on disk, boxes with no area or outside the image.
+LVIS-format ones (metadata ``evaluator_type`` "lvis", as Detectron2's ``lvis_*`` splits): also
+each category's ``frequency`` and each image's ``neg_category_ids`` /
+``not_exhaustive_category_ids``, and images found through ``coco_url`` as Detectron2 does.
 """
 import json
 import logging
@@ -98,8 +101,38 @@ def check_weights(key: str, path: str) -> None:
         raise MissingFileError(f"{key}={path!r} does not exist{hint}")
 
 
-def check_coco_json(name: str, json_file: str, image_root: str) -> None:
+def _image_path(image_root: str, img: dict, lvis: bool) -> str:
+    if lvis and "file_name" not in img and "coco_url" in img:
+        # LVIS v1 names no file: Detectron2's load_lvis_json takes the split folder and file
+        # from coco_url and appends the folder to image_root as a string ("coco/" + "val2017")
+        split_folder, file_name = str(img["coco_url"]).split("/")[-2:]
+        return os.path.join(image_root + split_folder, file_name)
+    return os.path.join(image_root, str(img.get("file_name")))
+
+
+def _check_lvis_fields(name: str, json_file: str, coco: dict) -> None:
+    """What LVIS's evaluation reads beyond COCO's: each category's frequency group and each
+    image's federated lists."""
+    bad = [c.get("id") for c in coco["categories"] if c.get("frequency") not in ("r", "c", "f")]
+    if bad:
+        raise PreflightError(
+            f"dataset {name!r} (evaluator_type lvis): {len(bad)} categor(ies) in {json_file} have "
+            f"no 'frequency' of 'r', 'c' or 'f' (LVIS's rare/common/frequent groups): ids "
+            f"{_first(bad)}")
+    for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+        missing = [img.get("id") for img in coco["images"] if key not in img]
+        if missing:
+            raise PreflightError(
+                f"dataset {name!r} (evaluator_type lvis): {len(missing)} image(s) in {json_file} "
+                f"have no {key!r} (LVIS's federated annotation; [] if none): ids "
+                f"{_first(missing)}")
+
+
+def check_coco_json(name: str, json_file: str, image_root: str, lvis: bool = False) -> None:
+    """A COCO json (``lvis``: in LVIS's format, checked as LVIS's evaluation reads it)."""
     coco = _read_json(name, json_file)
+    if lvis:
+        _check_lvis_fields(name, json_file, coco)
     known = {c.get("id") for c in coco["categories"]}
     unknown = Counter(a.get("category_id") for a in coco["annotations"]
                       if a.get("category_id") not in known)
@@ -107,8 +140,8 @@ def check_coco_json(name: str, json_file: str, image_root: str) -> None:
         raise PreflightError(
             f"dataset {name!r}: {sum(unknown.values())} annotation(s) in {json_file} use "
             f"category ids not in its 'categories': {_first(sorted(unknown, key=str))}")
-    missing = [img.get("file_name") for img in coco["images"]
-               if not os.path.isfile(os.path.join(image_root, str(img.get("file_name"))))]
+    missing = [img.get("file_name", img.get("coco_url")) for img in coco["images"]
+               if not os.path.isfile(_image_path(image_root, img, lvis))]
     if missing:
         raise PreflightError(
             f"dataset {name!r}: {len(missing)} of {len(coco['images'])} image(s) listed in "
@@ -140,4 +173,5 @@ def check_datasets(names: Iterable[str]) -> None:
         meta = MetadataCatalog.get(name)
         json_file = meta.get("json_file", None)
         if json_file:
-            check_coco_json(name, json_file, meta.get("image_root", ""))
+            check_coco_json(name, json_file, meta.get("image_root", ""),
+                            lvis=meta.get("evaluator_type", None) == "lvis")

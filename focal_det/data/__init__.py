@@ -3,6 +3,10 @@
 - ``focal_det_shapes_{train,val}`` (``builtin.py``): the default, 4 shape classes.
 - ``focal_det_letters_{train,val}`` (``letters.py``): 34 glyph classes, few small objects per
   image, COCO-like (anchor, class) imbalance.
+- ``focal_det_longtail_{train,val}`` (``longtail.py``): the 34 glyph classes with LVIS's long
+  tail (1,000 down to 1 training image a class; rare/common/frequent groups), LVIS-format json,
+  evaluated by Detectron2's LVISEvaluator; each class's ``frequency`` and ``image_count`` are in
+  the metadata (``class_frequency``, ``class_image_count``).
 
 COCO itself is Detectron2's own ``coco_2017_train`` / ``coco_2017_val`` (see datasets/README.md).
 """
@@ -13,11 +17,12 @@ from detectron2.data.datasets import load_coco_json
 
 from .builtin import CLASSES, GeneratedSpec, ShapesSpec, dataset_root, ensure_generated
 from .letters import LETTER_CLASSES, LettersSpec
+from .longtail import LongtailSpec
 
 # Registered name -> (spec of its dataset, split).
 BUILTIN_DATASETS = {
     f"{spec.prefix}_{split}": (spec, split)
-    for spec in (ShapesSpec(), LettersSpec()) for split in ("train", "val")
+    for spec in (ShapesSpec(), LettersSpec(), LongtailSpec()) for split in ("train", "val")
 }
 BUILTIN_SPLITS = {name: split for name, (_, split) in BUILTIN_DATASETS.items()}
 
@@ -40,7 +45,7 @@ def register_builtin() -> None:
         json_file, image_root = _paths(spec, split)
         MetadataCatalog.get(name).set(
             thing_classes=list(spec.classes), json_file=json_file, image_root=image_root,
-            evaluator_type="coco",
+            evaluator_type=spec.evaluator_type, **spec.metadata(),
         )
 
 
@@ -54,4 +59,4 @@ def prepare_datasets(dataset_names) -> None:
 register_builtin()
 
 __all__ = ["register_builtin", "prepare_datasets", "ensure_generated", "ShapesSpec",
-           "LettersSpec", "CLASSES", "LETTER_CLASSES", "BUILTIN_DATASETS"]
+           "LettersSpec", "LongtailSpec", "CLASSES", "LETTER_CLASSES", "BUILTIN_DATASETS"]

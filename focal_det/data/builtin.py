@@ -46,9 +46,23 @@ class GeneratedSpec:
     def folder_name(self) -> str:
         return f"{self.prefix}_{self.digest()}"
 
+    # Which Detectron2 evaluator its splits take (the registered metadata's evaluator_type).
+    evaluator_type: ClassVar[str] = "coco"
+
     def scene(self, rng: np.random.Generator, empty: bool):
         """One image (HxWx3 uint8 BGR) and its COCO annotations (without ids)."""
         raise NotImplementedError
+
+    def write_split(self, folder: str, split: str) -> None:
+        """Write ``split`` ("train" or "val") into ``folder``: ``split/*.jpg`` and
+        ``split.json``. The default draws ``num_train`` / ``num_val`` scenes."""
+        count = self.num_train if split == "train" else self.num_val
+        _write_split(folder, split, count, self, self.seed + (split != "train"))
+
+    def metadata(self) -> Dict:
+        """Metadata registered with both splits besides thing_classes, json_file, image_root
+        and evaluator_type (none by default)."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -154,17 +168,24 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def _write_split(folder: str, split: str, count: int, spec: ShapesSpec, seed: int) -> None:
-    rng = np.random.default_rng(seed)
+def write_images(folder: str, split: str, scenes) -> Tuple[List[Dict], List[Dict]]:
+    """Write each (image, annotations) of ``scenes`` as ``split/00000.jpg``, ... into ``folder``;
+    return the COCO ``images`` and ``annotations`` (ids from 0 and 1)."""
     os.makedirs(os.path.join(folder, split))
     images, annotations = [], []
-    for i in range(count):
-        img, anns = spec.scene(rng, empty=rng.random() < spec.empty_fraction)
+    for i, (img, anns) in enumerate(scenes):
         name = f"{split}/{i:05d}.jpg"
         cv2.imwrite(os.path.join(folder, name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
         images.append({"id": i, "file_name": name, "height": img.shape[0], "width": img.shape[1]})
         for a in anns:
             annotations.append(dict(a, id=len(annotations) + 1, image_id=i))
+    return images, annotations
+
+
+def _write_split(folder: str, split: str, count: int, spec: ShapesSpec, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scenes = (spec.scene(rng, empty=rng.random() < spec.empty_fraction) for _ in range(count))
+    images, annotations = write_images(folder, split, scenes)
     coco = {
         "info": {"description": f"focal_det built-in {spec.prefix}, {split}", "spec": asdict(spec)},
         "images": images,
@@ -179,7 +200,7 @@ def dataset_root() -> str:
     return os.path.abspath(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def ensure_generated(spec: ShapesSpec = ShapesSpec(), root: str = None) -> str:
+def ensure_generated(spec: GeneratedSpec = ShapesSpec(), root: str = None) -> str:
     """Generate the dataset for ``spec`` once; return its folder (holds train/, val/, *.json)."""
     root = root or dataset_root()
     final = os.path.join(root, spec.folder_name())
@@ -189,8 +210,8 @@ def ensure_generated(spec: ShapesSpec = ShapesSpec(), root: str = None) -> str:
     logger.info(f"Generating the built-in dataset {spec.prefix} into {final} (once) ...")
     tmp = tempfile.mkdtemp(prefix=f".{spec.prefix}_tmp_", dir=root)
     try:
-        _write_split(tmp, "train", spec.num_train, spec, spec.seed)
-        _write_split(tmp, "val", spec.num_val, spec, spec.seed + 1)
+        spec.write_split(tmp, "train")
+        spec.write_split(tmp, "val")
         try:
             follow_umask(tmp, directory=True)  # mkdtemp made it 0700
             os.rename(tmp, final)  # atomic: readers see all of it or none

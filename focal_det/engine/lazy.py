@@ -16,11 +16,13 @@ import pydoc
 
 from detectron2.config import instantiate
 from detectron2.data import build_detection_train_loader
+from detectron2.evaluation import LVISEvaluator
 from detectron2.solver import LRMultiplier
 
 from ..config import check_num_classes
 from ..data.checks import sanitize_boxes
 from ..data.resumable import PositionalDataset, PositionalSampler, SeededMapper
+from ..lvis_evaluation import ensure_lvis_numpy_compat
 
 logger = logging.getLogger("focal_det")
 
@@ -76,4 +78,10 @@ def build_test_loader(cfg, dataset_name: str):
 
 
 def build_evaluator(cfg, dataset_name: str):
-    return instantiate(_test_config(cfg, dataset_name).dataloader.evaluator)
+    """The config's ``dataloader.evaluator`` on ``dataset_name`` (configs/lazy/common's is
+    :func:`focal_det.evaluation.build_evaluator`: by the dataset's evaluator_type). Detectron2's
+    own LVISEvaluator gets the NumPy 2 fix too (focal_det.lvis_evaluation)."""
+    evaluator = instantiate(_test_config(cfg, dataset_name).dataloader.evaluator)
+    if isinstance(evaluator, LVISEvaluator):
+        ensure_lvis_numpy_compat()
+    return evaluator

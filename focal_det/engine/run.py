@@ -24,7 +24,7 @@ from ..lazy_run import LazyRunConfig, run_config
 from ..precision import resolve
 from . import launcher, preemption
 from .amp import train_precision
-from .trainer import Trainer
+from .trainer import Trainer, check_repeat_threshold
 
 logger = logging.getLogger("focal_det")
 
@@ -72,6 +72,8 @@ def preflight(args) -> None:
     check_device(device, args.num_gpus)
     if not args.eval_only:
         train_precision(cfg)
+        if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
+            check_repeat_threshold(cfg)
     resolve(cfg.MODEL.FOCAL_DET.INFERENCE_PRECISION, device,
             key=_key(cfg, "MODEL.FOCAL_DET.INFERENCE_PRECISION"))
     preemption.signal_names(args.preempt_signals)

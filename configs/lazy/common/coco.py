@@ -7,7 +7,7 @@ from detectron2.data import (build_detection_test_loader, build_detection_train_
 from omegaconf import OmegaConf
 
 from focal_det.data.checks import FocalDatasetMapper
-from focal_det.evaluation import FocalCOCOEvaluator
+from focal_det.evaluation import build_evaluator
 
 dataloader = OmegaConf.create()
 
@@ -38,7 +38,8 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers=4,
 )
 
-dataloader.evaluator = L(FocalCOCOEvaluator)(
+# The evaluator by the test set's metadata evaluator_type: COCO's, or LVIS's (AP, APr, APc, APf).
+dataloader.evaluator = L(build_evaluator)(
     dataset_name="${..test.dataset.names}",
     output_dir="${oc.select:train.output_dir,output}/inference",
 )
