@@ -18,7 +18,8 @@ from .errors import FocalDetError
 from .utils.files import atomic_write_text
 
 __all__ = ["add_config_args", "add_register_coco", "add_output", "is_lazy_config",
-           "check_config_file", "load_config", "load_yaml_config", "regenerate_command",
+           "check_config_file", "load_config", "load_run_config", "load_yaml_config",
+           "regenerate_command",
            "write_report", "run_tool", "ConfigFileError", "YAML_ONLY", "register_coco_datasets"]
 
 
@@ -119,6 +120,19 @@ def load_config(path: str, opts: Sequence[str] = (), *, device: Optional[str] = 
     if device is not None:
         cfg.train.device = device
     return cfg
+
+
+def load_run_config(path: str, opts: Sequence[str] = (), *, device: Optional[str] = None):
+    """The config as the engine reads it, either kind, as ``train_net.py`` does: a ``.yaml``
+    file's frozen ``CfgNode``, a ``.py`` file's :class:`focal_det.lazy_run.LazyRunConfig` view
+    (the engine's keys, the LazyConfig as ``.lazy``). Build its model with
+    ``focal_det.inference.inference_spec(cfg).build_model()``."""
+    cfg = load_config(path, opts, device=device)
+    if not is_lazy_config(path):
+        return cfg
+    from .lazy_run import run_config
+
+    return run_config(cfg)
 
 
 def regenerate_command(script: Union[str, Sequence[str]],

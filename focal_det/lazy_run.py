@@ -38,7 +38,8 @@ from detectron2.config import CfgNode
 from .config import get_cfg
 from .errors import FocalDetError
 
-__all__ = ["LazyRunConfig", "run_config", "dataset_names", "lazy_resize", "KEYS"]
+__all__ = ["LazyRunConfig", "run_config", "dataset_names", "lazy_resize", "train_augmentations",
+           "KEYS"]
 
 KEYS = {"MODEL.WEIGHTS": "train.init_checkpoint", "OUTPUT_DIR": "train.output_dir",
         "MODEL.DEVICE": "train.device"}
@@ -78,6 +79,20 @@ def lazy_resize(cfg):
             return int(short), int(aug.get("max_size", 1333))
     raise ValueError("dataloader.test.mapper.augmentations has no ResizeShortestEdge: "
                      "the test resize is unknown")
+
+
+def train_augmentations(cfg) -> list:
+    """The training mapper's augmentations of either config kind: a :class:`LazyRunConfig`'s
+    ``dataloader.train.mapper.augmentations`` (instantiated, as its train loader runs them), a
+    ``.yaml`` ``CfgNode``'s from ``INPUT.*`` (Detectron2's ``build_augmentation``)."""
+    if isinstance(cfg, LazyRunConfig):
+        from detectron2.config import instantiate
+
+        mapper = cfg.lazy.dataloader.train.mapper
+        return [instantiate(a) for a in mapper.get("augmentations", [])]
+    from detectron2.data.detection_utils import build_augmentation
+
+    return build_augmentation(cfg, is_train=True)
 
 
 def run_config(lazy) -> LazyRunConfig:

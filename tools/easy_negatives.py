@@ -40,10 +40,12 @@ def _loss(text: str):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_args(p, lazy=False)
+    cli.add_config_args(p)
     p.add_argument("--model", action="append", required=True, metavar="NAME=WEIGHTS")
     p.add_argument("--loss", action="append", default=None, metavar="NAME=GAMMA,ALPHA")
-    p.add_argument("--dataset", default=None, help="default: DATASETS.TEST[0]")
+    p.add_argument("--dataset", default=None,
+                   help="default: the config's test set (DATASETS.TEST[0] or "
+                        "dataloader.test.dataset.names)")
     p.add_argument("--num-images", type=int, default=100)
     cli.add_register_coco(p)
     cli.add_output(p, what="easy_negatives.{json,md}")
@@ -55,20 +57,21 @@ def main(argv=None):
             raise SystemExit(f"--model {name}: weights file {weights!r} does not exist")
 
     import torch
-    from detectron2.modeling import build_model
 
     from focal_det.analysis.easy_negatives import easy_negative_shares, markdown
     from focal_det.analysis.samples import collect_logits
     from focal_det.checkpoint import FocalCheckpointer
     from focal_det.data import prepare_datasets
+    from focal_det.inference import inference_spec
 
     cli.register_coco_datasets(args.register_coco)
-    cfg = cli.load_yaml_config(args.config_file, args.opts, device="cpu")
-    dataset = args.dataset or cfg.DATASETS.TEST[0]
+    cfg = cli.load_run_config(args.config_file, args.opts, device="cpu")
+    spec = inference_spec(cfg)
+    dataset = args.dataset or spec.test_dataset
     states = []  # every weights file is loaded (and checked) before any data is read
     for name, weights in models:
         torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
-        model = build_model(cfg)
+        model = spec.build_model()
         if weights != "init":
             FocalCheckpointer(model, require_same_classes=True).load(weights)
         states.append((name, weights, model))

@@ -31,9 +31,11 @@ def get_parser():
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_args(p, lazy=False)
+    cli.add_config_args(p)
     p.add_argument("--weights", required=True, help="trained model (.pth or Detectron2 .pkl)")
-    p.add_argument("--dataset", default=None, help="dataset name (default: DATASETS.TEST[0])")
+    p.add_argument("--dataset", default=None,
+                   help="dataset name (default: the config's test set, DATASETS.TEST[0] or "
+                        "dataloader.test.dataset.names)")
     cli.add_register_coco(p)
     p.add_argument("--num-images", type=int, default=100)
     p.add_argument("--gammas", type=float, nargs="+", default=[0, 0.5, 1, 2])
@@ -45,11 +47,10 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    from detectron2.modeling import build_model
-
     from focal_det.analysis.samples import collect_logits
     from focal_det.checkpoint import FocalCheckpointer
     from focal_det.data import prepare_datasets
+    from focal_det.inference import inference_spec
 
     if not os.path.isfile(args.weights):
         raise SystemExit(f"--weights {args.weights!r} does not exist")
@@ -58,11 +59,12 @@ def main(argv=None):
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be >= 1, got {args.num_images}")
     cli.register_coco_datasets(args.register_coco)
-    cfg = cli.load_yaml_config(args.config_file, args.opts)
-    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    cfg = cli.load_run_config(args.config_file, args.opts)
+    spec = inference_spec(cfg)
+    dataset = args.dataset or spec.test_dataset
     if dataset is None:
-        raise SystemExit("no dataset: pass --dataset or set DATASETS.TEST")
-    model = build_model(cfg)
+        raise SystemExit("no dataset: pass --dataset or set the config's test set")
+    model = spec.build_model()
     FocalCheckpointer(model, require_same_classes=True).load(args.weights)  # before any data
     prepare_datasets([dataset])
     pos, neg, counts = collect_logits(cfg, model, dataset, args.num_images,

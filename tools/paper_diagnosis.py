@@ -64,7 +64,7 @@ def rms(args, argv):
 
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be >= 1, got {args.num_images}")
-    base = cli.load_yaml_config(args.config_file, args.opts)
+    base = cli.load_run_config(args.config_file, args.opts)
     weights = base.MODEL.WEIGHTS if args.weights is None else args.weights
     if weights and not os.path.isfile(weights):
         raise SystemExit(f"weights {weights!r} do not exist (run make pretrain, or pass "
@@ -73,9 +73,7 @@ def rms(args, argv):
     rows = []
     for width in args.widths:
         for init in args.head_weight_init:
-            cfg = cli.load_yaml_config(args.config_file, list(args.opts) + [
-                "MODEL.FPN.OUT_CHANNELS", str(width), "MODEL.FOCAL_DET.HEAD.WEIGHT_INIT", init,
-                "MODEL.DEVICE", "cpu"])
+            cfg = F.variant_config(args.config_file, args.opts, width, init)
             per_seed = [F.measure(cfg, weights, batch, seed) for seed in args.seeds]
             rows.append({"label": f"{width} channels, head init {init}", "width": width,
                          "head_weight_init": init, "rms": F.mean_over_seeds(per_seed),
@@ -107,7 +105,7 @@ def get_parser():
                    help="iterations [0, WINDOW) for the class-conv gradient and the width test")
     cli.add_output(r, what="the report (default: --runs)")
     m = sub.add_parser("rms", help="RMS of res3-res5, P3-P7 and the towers at initialization")
-    cli.add_config_args(m, lazy=False)
+    cli.add_config_args(m)  # .yaml or LazyConfig .py, read as train_net.py reads it
     m.add_argument("--weights", default=None,
                    help="backbone or model weights (default: the config's MODEL.WEIGHTS)")
     m.add_argument("--num-images", type=int, default=8,

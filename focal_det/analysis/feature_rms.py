@@ -46,31 +46,54 @@ def feature_rms(model, batch: List[dict]) -> Dict[str, float]:
 
 def training_batch(cfg, num_images: int) -> List[dict]:
     """The first ``num_images`` images of ``DATASETS.TRAIN[0]`` through the training mapper
-    (the config's training resize and flips; the letters recipes flip nothing)."""
+    (the config's training resize and flips, either config kind; the letters recipes flip
+    nothing)."""
     from detectron2.data import DatasetMapper, get_detection_dataset_dicts
 
     from ..data import prepare_datasets
+    from ..lazy_run import train_augmentations
 
     name = cfg.DATASETS.TRAIN[0]
     prepare_datasets([name])
     dicts = get_detection_dataset_dicts([name], filter_empty=False)[:num_images]
     if not dicts:
         raise ValueError(f"dataset {name!r} has no images")
-    mapper = DatasetMapper(cfg, is_train=True)
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=train_augmentations(cfg))
     return [mapper(d) for d in dicts]
+
+
+def variant_config(config_file: str, opts, width: int, head_weight_init: str):
+    """``config_file`` (either kind) on the CPU with the FPN and head ``width`` and the head's
+    weight init changed: a ``.yaml`` through ``MODEL.FPN.OUT_CHANNELS`` and
+    ``MODEL.FOCAL_DET.HEAD.WEIGHT_INIT``, a ``.py`` through ``model.backbone.out_channels``,
+    every ``model.head.input_shape``'s channels, ``model.head.conv_dims`` and
+    ``model.head_weight_init``; returned as the engine reads it (``cli.load_run_config``)."""
+    from ..cli import is_lazy_config, load_config, load_run_config
+
+    if not is_lazy_config(config_file):
+        return load_run_config(config_file, list(opts) + [
+            "MODEL.FPN.OUT_CHANNELS", str(width), "MODEL.FOCAL_DET.HEAD.WEIGHT_INIT",
+            head_weight_init], device="cpu")
+    head = load_config(config_file, opts).model.head
+    dims = ",".join([str(width)] * len(head.conv_dims))
+    return load_run_config(config_file, list(opts) + [
+        f"model.backbone.out_channels={width}", f"model.head.conv_dims=[{dims}]",
+        f"model.head_weight_init={head_weight_init}",
+        *(f"model.head.input_shape.{i}.channels={width}" for i in range(len(head.input_shape)))],
+        device="cpu")
 
 
 def measure(cfg, weights: str, batch: List[dict], seed: int = 0) -> Dict[str, float]:
     """Build ``cfg``'s model with RNG seed ``seed`` (the FPN's and head's initial weights),
     load ``weights`` (e.g. the pretrained backbone; "" keeps the initialization) as training
     does, and return :func:`feature_rms` on ``batch``."""
-    from detectron2.modeling import build_model
     from detectron2.utils.env import seed_all_rng
 
     from ..checkpoint import FocalCheckpointer
+    from ..inference import inference_spec
 
     seed_all_rng(seed)
-    model = build_model(cfg)
+    model = inference_spec(cfg).build_model()
     if weights:
         FocalCheckpointer(model).load(weights, checkpointables=[])
     return feature_rms(model, batch)

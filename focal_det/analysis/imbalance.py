@@ -16,13 +16,15 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from ..lazy_run import train_augmentations
+
 
 def training_targets(cfg, dataset_dicts: Iterable[dict]):
     """(image size, GT Instances) per dict, as the training ``DatasetMapper`` makes them, from
     the dict's ``height``/``width`` without reading the image. Horizontal flips are left out
     (they do not change which boxes exist) and the resize's random choice is seeded, so the
     count is the same on every run."""
-    augs = T.AugmentationList([a for a in utils.build_augmentation(cfg, is_train=True)
+    augs = T.AugmentationList([a for a in train_augmentations(cfg)
                                if not isinstance(a, T.RandomFlip)])
     rng_state = np.random.get_state()
     np.random.seed(0)
@@ -90,19 +92,20 @@ PAPER_COCO = {"config": "COCO (the paper's numbers)", "num_classes": 80,
 
 
 def measure(config_file: str, num_images: int, opts) -> dict:
-    """The counts for ``config_file``'s training data (first ``num_images``; 0: all)."""
+    """The counts for ``config_file``'s training data (first ``num_images``; 0: all); a
+    ``.yaml`` or a LazyConfig ``.py`` config, read as the engine reads it."""
     from detectron2.data import get_detection_dataset_dicts
-    from detectron2.modeling import build_model
 
-    from ..cli import load_yaml_config
+    from ..cli import load_run_config
     from ..data import prepare_datasets
+    from ..inference import inference_spec
 
-    cfg = load_yaml_config(config_file, opts, device="cpu")
+    cfg = load_run_config(config_file, opts, device="cpu")
     prepare_datasets(cfg.DATASETS.TRAIN)
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
     if num_images:
         dicts = dicts[:num_images]
-    model = build_model(cfg).eval()
+    model = inference_spec(cfg).build_model()
     result = count_binary_samples(model, training_targets(cfg, dicts))
     return {"config": os.path.relpath(os.path.abspath(config_file)),
             "datasets": list(cfg.DATASETS.TRAIN), **result}

@@ -20,7 +20,7 @@ from .. import cli
 from ..checkpoint import FocalCheckpointer
 from ..data import prepare_datasets
 from ..preflight import check_datasets, check_device, check_weights
-from ..lazy_run import LazyRunConfig, run_config
+from ..lazy_run import LazyRunConfig
 from ..precision import resolve
 from . import launcher, preemption
 from .amp import train_precision
@@ -51,8 +51,7 @@ def load_cfg(args):
     """The run's config, after registering ``--register-coco``: a ``CfgNode`` for a ``.yaml``
     file, the :class:`LazyRunConfig` view of a ``.py`` one."""
     cli.register_coco_datasets(getattr(args, "register_coco", None))
-    cfg = cli.load_config(args.config_file, args.opts)
-    return run_config(cfg) if cli.is_lazy_config(args.config_file) else cfg
+    return cli.load_run_config(args.config_file, args.opts)
 
 
 def _key(cfg, name: str) -> str:
