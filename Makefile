@@ -13,7 +13,7 @@ export DETECTRON2_SOURCE
 	easy-negatives loss-distribution amp-accuracy clean-venv
 
 # Re-installs only when the pins, the Detectron2 installer, setup.py or the C++ loss change.
-$(STAMP): requirements.txt requirements-nodeps.txt tools/install_detectron2.py setup.py focal_det/kernels/csrc/sigmoid_loss_cpu.cpp
+$(STAMP): requirements.txt requirements-nodeps.txt tools/install_detectron2.py setup.py $(wildcard focal_det/kernels/csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -r requirements.txt

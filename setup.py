@@ -32,9 +32,11 @@ def extensions():
         return [], {}
     ext = CppExtension(
         "focal_det._C",
-        [os.path.join("focal_det", "kernels", "csrc", "sigmoid_loss_cpu.cpp")],
+        [os.path.join("focal_det", "kernels", "csrc", name)
+         for name in ("sigmoid_loss_cpu.cpp", "per_class_loss_cpu.cpp")],
         extra_compile_args=["-O3", "-fopenmp"],
         extra_link_args=["-fopenmp"],
+        depends=[os.path.join("focal_det", "kernels", "csrc", "sigmoid_loss.h")],
         optional=True,  # a failed build leaves the plain-PyTorch loss, not a failed install
     )
     return [ext], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)}

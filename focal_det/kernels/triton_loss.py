@@ -61,6 +61,41 @@ if triton is not None:
         return r
 
     @triton.jit
+    def _focal(x, t, a_t, gamma, GAMMA_CASE: tl.constexpr, SOFT: tl.constexpr,
+               TINY: tl.constexpr):
+        # FL and its gradient, a_t the alpha_t weight of each element; gamma a scalar or one
+        # value per element (a per-class gamma, GAMMA_CASE 3). SOFT: t may be soft, not 0/1.
+        sp_pos, sp_neg, p, one_m_p = _logistic(x)
+        is_pos = t == 1.0
+        # exact binary form (t in {0, 1}); -log p_t as torch's BCE computes it:
+        # -log_sigmoid(x) (= sp_neg) for positives, x - log_sigmoid(x) for negatives
+        ce_b = tl.where(is_pos, sp_neg, x + sp_neg)
+        ce_exact = tl.where(is_pos, sp_neg, sp_pos)  # no cancellation: for the gradient
+        q_b = tl.where(is_pos, one_m_p, p)
+        p_t = tl.where(is_pos, p, one_m_p)
+        mod_b = _power(q_b, gamma, GAMMA_CASE, TINY)
+        if GAMMA_CASE == 0:
+            m = q_b
+        else:
+            m = q_b + gamma * p_t * ce_exact
+        loss = a_t * ce_b * mod_b
+        grad = tl.where(is_pos, -a_t, a_t) * m * mod_b
+        if SOFT:  # soft targets: the general form
+            one_m_t = 1.0 - t
+            ce = one_m_t * x + sp_neg  # (1 - t) x - log_sigmoid(x), as torch
+            q = t * one_m_p + one_m_t * p
+            mod = _power(q, gamma, GAMMA_CASE, TINY)
+            g = one_m_t * p - t * one_m_p
+            if GAMMA_CASE != 0:
+                ratio = p * one_m_p / tl.maximum(q, TINY)
+                ce_x = t * sp_neg + one_m_t * sp_pos  # no cancellation: the gradient
+                g = (g - gamma * ce_x * (2.0 * t - 1.0) * ratio) * mod
+            soft = (t != 0.0) & (t != 1.0)
+            loss = tl.where(soft, a_t * ce * mod, loss)
+            grad = tl.where(soft, a_t * g, grad)
+        return loss, grad
+
+    @triton.jit
     def _bf16_rne(v):
         # float32 -> bfloat16 rounded to nearest even by integer ops, as torch and the GPU's
         # cvt.rn do (the interpreter's own float32 -> bfloat16 cast truncates); NaN stays NaN
@@ -104,34 +139,7 @@ if triton is not None:
             loss = a_t * sp_neg / gamma
             grad = -a_t * y * one_m_p
         else:
-            sp_pos, sp_neg, p, one_m_p = _logistic(x)
-            is_pos = t == 1.0
-            # exact binary form (t in {0, 1}); -log p_t as torch's BCE computes it:
-            # -log_sigmoid(x) (= sp_neg) for positives, x - log_sigmoid(x) for negatives
-            ce_b = tl.where(is_pos, sp_neg, x + sp_neg)
-            ce_exact = tl.where(is_pos, sp_neg, sp_pos)  # no cancellation: for the gradient
-            q_b = tl.where(is_pos, one_m_p, p)
-            p_t = tl.where(is_pos, p, one_m_p)
-            mod_b = _power(q_b, gamma, GAMMA_CASE, TINY)
-            if GAMMA_CASE == 0:
-                m = q_b
-            else:
-                m = q_b + gamma * p_t * ce_exact
-            loss = a_t * ce_b * mod_b
-            grad = tl.where(is_pos, -a_t, a_t) * m * mod_b
-            if not LABELS:  # soft targets: the general form
-                one_m_t = 1.0 - t
-                ce = one_m_t * x + sp_neg  # (1 - t) x - log_sigmoid(x), as torch
-                q = t * one_m_p + one_m_t * p
-                mod = _power(q, gamma, GAMMA_CASE, TINY)
-                g = one_m_t * p - t * one_m_p
-                if GAMMA_CASE != 0:
-                    ratio = p * one_m_p / tl.maximum(q, TINY)
-                    ce_x = t * sp_neg + one_m_t * sp_pos  # no cancellation: the gradient
-                    g = (g - gamma * ce_x * (2.0 * t - 1.0) * ratio) * mod
-                soft = (t != 0.0) & (t != 1.0)
-                loss = tl.where(soft, a_t * ce * mod, loss)
-                grad = tl.where(soft, a_t * g, grad)
+            loss, grad = _focal(x, t, a_t, gamma, GAMMA_CASE, not LABELS, TINY)
         # every value stays in the compute dtype (no silent float64 promotion, see _power)
         tl.static_assert(loss.dtype == ct)
         tl.static_assert(grad.dtype == ct)

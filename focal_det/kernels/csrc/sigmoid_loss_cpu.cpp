@@ -20,97 +20,15 @@
 // sums in double, and the block sums are added in order. Same inputs, same bits.
 #include <Python.h>
 
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <omp.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <vector>
+#include "sigmoid_loss.h"
 
 namespace {
 
-constexpr int64_t kBlockElements = 1 << 14;
-
-struct Params {
-  bool star;      // FL* instead of FL
-  double gamma;   // focusing parameter (FL) or FL*'s gamma
-  double alpha;   // weight of positives; < 0: no weighting
-  double beta;    // FL* shift
-  double scale;   // multiplies loss and gradient (1/numel for "mean")
-};
-
-template <typename T>
-struct Logistic {  // every sigmoid/softplus of x from one exp and one log1p
-  T sp_pos, sp_neg, p, one_m_p, ce_neg;  // softplus(x) = -log(1-p), softplus(-x) = -log p
-  explicit Logistic(T x) {
-    const T e = std::exp(-std::abs(x));
-    const T l = std::log1p(e);
-    const T inv = T(1) / (T(1) + e);
-    p = x >= 0 ? inv : e * inv;
-    one_m_p = x >= 0 ? e * inv : inv;
-    sp_pos = std::max(x, T(0)) + l;
-    sp_neg = std::max(-x, T(0)) + l;  // = -log_sigmoid(x), torch's CE of a positive
-    ce_neg = x + sp_neg;  // x - log_sigmoid(x): torch's CE of a negative, rounded as torch does
-  }
-};
-
-template <typename T>
-inline T power(T q, T gamma) {
-  if (gamma == T(2)) return q * q;
-  if (gamma == T(1)) return q;
-  if (gamma == T(0)) return T(1);
-  return std::pow(q, gamma);
-}
-
-// FL for a target t in [0, 1]; exact binary form where t is 0 or 1. `a` is alpha (of this
-// element's class), `weighted` false for no alpha weighting.
-template <typename T>
-inline void focal(T x, T t, const Params& P, T a, bool weighted, T& loss, T& grad) {
-  const Logistic<T> s(x);
-  const T gamma = static_cast<T>(P.gamma);
-  if (t == T(1) || t == T(0)) {
-    const bool pos = t == T(1);
-    const T ce = pos ? s.sp_neg : s.ce_neg;   // -log p_t, rounded as torch's BCE (the value)
-    const T ce_exact = pos ? s.sp_neg : s.sp_pos;  // -log p_t without cancellation (gradient)
-    const T q = pos ? s.one_m_p : s.p;        // 1 - p_t
-    const T p_t = pos ? s.p : s.one_m_p;
-    const T mod = power(q, gamma);
-    const T a_t = weighted ? (pos ? a : T(1) - a) : T(1);
-    loss = a_t * ce * mod;
-    // dFL/dx = -y alpha_t (1 - p_t)^gamma (gamma p_t (-log p_t) + (1 - p_t))
-    const T m = gamma == T(0) ? q : q + gamma * p_t * ce_exact;
-    grad = (pos ? -a_t : a_t) * m * mod;
-    return;
-  }
-  const T one_m_t = T(1) - t;
-  const T ce = one_m_t * x + s.sp_neg;  // (1 - t) x - log_sigmoid(x), as torch (the value)
-  const T q = t * s.one_m_p + one_m_t * s.p;  // 1 - p_t without cancellation
-  const T mod = power(q, gamma);
-  const T a_t = weighted ? t * (T(2) * a - T(1)) + (T(1) - a) : T(1);
-  loss = a_t * ce * mod;
-  T g = one_m_t * s.p - t * s.one_m_p;  // p - t
-  if (gamma != T(0)) {
-    const T ratio = s.p * s.one_m_p / std::max(q, std::numeric_limits<T>::min());
-    const T ce_exact = t * s.sp_neg + one_m_t * s.sp_pos;  // no cancellation (gradient)
-    g = (g - gamma * ce_exact * (T(2) * t - T(1)) * ratio) * mod;
-  }
-  grad = a_t * g;
-}
-
-// FL* = -alpha_t log(sigmoid(gamma x_t + beta)) / gamma; dFL*/dx = -alpha_t y sigmoid(-z).
-template <typename T>
-inline void focal_star(T x, T t, const Params& P, T a, bool weighted, T& loss, T& grad) {
-  const T gamma = static_cast<T>(P.gamma);
-  const T y = T(2) * t - T(1);
-  const T z = gamma * x * y + static_cast<T>(P.beta);
-  const Logistic<T> s(z);
-  const T a_t = weighted ? t * (T(2) * a - T(1)) + (T(1) - a) : T(1);
-  loss = a_t * s.sp_neg / gamma;
-  grad = -a_t * y * s.one_m_p;
-}
+using namespace focal_det_cpu;
 
 template <typename scalar_t, typename T>
 void run(const at::Tensor& x, const int64_t* labels, const T* targets, const T* class_alpha,
@@ -140,7 +58,7 @@ void run(const at::Tensor& x, const int64_t* labels, const T* targets, const T* 
           const T t = labels ? (label == k ? T(1) : T(0)) : targets[i];
           const T a = class_alpha ? class_alpha[k] : alpha;
           if (P.star) focal_star(xi, t, P, a, weighted, loss, grad);
-          else focal(xi, t, P, a, weighted, loss, grad);
+          else focal(xi, t, static_cast<T>(P.gamma), a, weighted, loss, grad);
         }
         if (elementwise) loss_out[i] = loss * scale;
         else acc += static_cast<double>(loss);
@@ -156,21 +74,8 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_loss(
     const c10::optional<at::Tensor>& targets, bool star, double gamma, double alpha, double beta,
     int64_t reduction, double scale, bool need_grad,
     const c10::optional<at::Tensor>& class_alpha) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "focal_det::sigmoid_loss: x must be (R, K) contiguous");
-  TORCH_CHECK(labels.has_value() != targets.has_value(), "give exactly one of labels, targets");
-  const auto cdtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto cdtype = check_inputs("focal_det::sigmoid_loss", x, labels, targets, class_alpha);
   const int64_t R = x.size(0), K = x.size(1);
-  if (labels) {
-    TORCH_CHECK(labels->scalar_type() == at::kLong && labels->is_contiguous() &&
-                    labels->numel() == R, "labels must be (R,) contiguous int64");
-  } else {
-    TORCH_CHECK(targets->scalar_type() == cdtype && targets->is_contiguous() &&
-                    targets->sizes() == x.sizes(), "targets must be contiguous, x's shape, compute dtype");
-  }
-  if (class_alpha) {
-    TORCH_CHECK(class_alpha->scalar_type() == cdtype && class_alpha->is_contiguous() &&
-                    class_alpha->numel() == K, "class_alpha must be (K,) contiguous, compute dtype");
-  }
   const bool elementwise = reduction == 0;
   const Params P{star, gamma, alpha, beta, scale};
   const int64_t rows_per_block = std::max<int64_t>(1, kBlockElements / std::max<int64_t>(K, 1));
@@ -196,18 +101,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_loss(
                            rows_per_block);
     }
   });
-  if (!elementwise) {
-    double total = 0.0;
-    for (double s : block_sums) total += s;  // fixed order: deterministic
-    double value = total * scale;
-    // A sum beyond float's range is inf, as torch's own float sum is (a diverging run must reach
-    // Detectron2's NaN/inf check, not fail in the Scalar -> float conversion).
-    if (cdtype == at::kFloat && std::isfinite(value) &&
-        std::abs(value) > static_cast<double>(std::numeric_limits<float>::max())) {
-      value = std::copysign(std::numeric_limits<double>::infinity(), value);
-    }
-    loss.fill_(value);
-  }
+  if (!elementwise) fill_sum(loss, block_sums, scale);
   return {loss, grad};
 }
 
