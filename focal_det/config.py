@@ -27,9 +27,11 @@ def add_focal_det_config(cfg: CN) -> CN:
     # Classification loss: the single place it is configured (see focal_det.losses).
     _C.MODEL.FOCAL_DET.CLS_LOSS = CN()
     # Registered name (CLS_LOSS_REGISTRY): FocalLoss, FocalLossStar, CrossEntropy,
-    # BalancedCrossEntropy, SoftmaxFocalLoss (K + 1 logits), or your own.
+    # BalancedCrossEntropy, SoftmaxFocalLoss (K + 1 logits), EqualizedFocalLoss (long-tailed
+    # data, focal_det.losses.efl), or your own.
     _C.MODEL.FOCAL_DET.CLS_LOSS.NAME = "FocalLoss"
-    # Focusing parameter gamma (FL: >= 0; FL*: > 0, the steepness). Ignored by the CE losses.
+    # Focusing parameter gamma (FL: >= 0; FL*: > 0, the steepness; EFL: gamma_b, > 0). Ignored
+    # by the CE losses.
     _C.MODEL.FOCAL_DET.CLS_LOSS.GAMMA = 2.0
     # Weight of positives, alpha in [0, 1]; negatives get 1 - alpha. Negative: no weighting.
     _C.MODEL.FOCAL_DET.CLS_LOSS.ALPHA = 0.25
@@ -39,6 +41,10 @@ def add_focal_det_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL_DET.CLS_LOSS.ALPHA_PER_CLASS = []
     # FL* shift beta (paper, Appendix A): p*_t = sigmoid(gamma * x_t + beta). Used by FL* only.
     _C.MODEL.FOCAL_DET.CLS_LOSS.BETA = 1.0
+    # EFL's s >= 0: class j's focusing parameter is GAMMA + EFL_SCALE * (1 - g_j), g_j its
+    # accumulated positive-to-negative gradient ratio (official: 8; 4 for small models; 0 = FL).
+    # Used by EqualizedFocalLoss only.
+    _C.MODEL.FOCAL_DET.CLS_LOSS.EFL_SCALE = 8.0
 
     _C.MODEL.FOCAL_DET.HEAD = CN()
     # Registered bias initializer of the last class conv: PriorProb (paper) or Zero (baseline).

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow  # subprocesses / training runs (make test-slow)
 CONFIG = os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml")
 TINY = ShapesSpec(num_train=2, num_val=2, image_size=64, max_objects=3, min_size=12, max_size=40)
 LOSSES = {"fl": [], "flstar": ["MODEL.FOCAL_DET.CLS_LOSS.NAME", "FocalLossStar",
-                               "MODEL.FOCAL_DET.CLS_LOSS.BETA", "1.0"]}
+                               "MODEL.FOCAL_DET.CLS_LOSS.BETA", "1.0"],
+          "efl": ["MODEL.FOCAL_DET.CLS_LOSS.NAME", "EqualizedFocalLoss"]}  # with buffers
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _model_and_weights(tmp_path, loss):
     model = build_model(cfg).eval()
     with torch.no_grad():  # untrained, but with a spread of scores above the threshold
         model.head.cls_score.weight.mul_(30.0)
-        model.head.cls_score.bias.fill_(-2.0 if loss == "fl" else -1.5)
+        model.head.cls_score.bias.fill_(-1.5 if loss == "flstar" else -2.0)
     path = tmp_path / f"{loss}.pth"
     torch.save({"model": model.state_dict()}, path)
     return model, str(path)
@@ -81,7 +82,8 @@ def _runtime(fmt, out, method):
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("fmt,loss,method", [
     ("onnx", "fl", "tracing"), ("torchscript", "fl", "tracing"), ("onnx", "flstar", "tracing"),
-    ("torchscript", "fl", "scripting"), ("torchscript", "flstar", "scripting")])
+    ("torchscript", "fl", "scripting"), ("torchscript", "flstar", "scripting"),
+    ("onnx", "efl", "tracing"), ("torchscript", "efl", "scripting")])
 def test_exported_model_gives_the_eager_detections(fmt, loss, method, images, tmp_path):
     model, weights = _model_and_weights(tmp_path, loss)
     out = tmp_path / "exported"

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 BUILTIN = os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml")
 FLSTAR = ["MODEL.FOCAL_DET.CLS_LOSS.NAME", "FocalLossStar", "MODEL.FOCAL_DET.CLS_LOSS.BETA", "1.0"]
+EFL = ["MODEL.FOCAL_DET.CLS_LOSS.NAME", "EqualizedFocalLoss"]  # a loss with buffers (statistics)
 
 
 def _model(config=BUILTIN, opts=()):
@@ -69,7 +70,7 @@ def _assert_scripted_equals_eager(model, scripted, inputs, exact=True):
                                        rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("opts", [[], FLSTAR], ids=["FL", "FLstar"])
+@pytest.mark.parametrize("opts", [[], FLSTAR, EFL], ids=["FL", "FLstar", "EFL"])
 def test_scripted_builtin_model_equals_eager(opts):
     model = _model(opts=opts)
     _assert_scripted_equals_eager(model, script_model(model), _inputs())

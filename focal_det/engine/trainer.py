@@ -37,7 +37,7 @@ from ..data.resumable import (PositionalDataset, PositionalSampler,
                               RepeatFactorPositionalDataset, SeededMapper, repeat_factors)
 from ..evaluation import build_evaluator
 from ..utils.ddp import cpu_ddp_support
-from . import amp, grad_stats, lazy, preemption
+from . import amp, grad_stats, lazy, loss_state, preemption
 
 # DATALOADER.SAMPLER_TRAIN values whose stream resumes exactly (mid-epoch): Detectron2's
 # samplers of these names, drawn positionally (focal_det.data.resumable).
@@ -152,6 +152,7 @@ class Trainer(DefaultTrainer):
         else:
             optimizer = super().build_optimizer(cfg, model)
         grad_stats.install(optimizer, model, cfg)  # MODEL.FOCAL_DET.GRAD_STATS_ITERS > 0 only
+        loss_state.install(optimizer, model)  # losses with state (EFL) learn after each step
         return optimizer
 
     @classmethod

@@ -1,6 +1,7 @@
 """Classification losses of the Focal Loss paper: pure functions and a named registry (the
 contract every registered loss follows in ``base.py``, the sigmoid family in
-``functional.py``/``registry.py``, softmax FL in ``softmax.py``)."""
+``functional.py``/``registry.py``, softmax FL in ``softmax.py``, Equalized Focal Loss for
+long-tailed data in ``efl.py``)."""
 from .base import REDUCTIONS, ClassificationLoss
 from .functional import (
     sigmoid_balanced_cross_entropy,
@@ -19,6 +20,7 @@ from .registry import (
     registered_loss_names,
 )
 from .softmax import SoftmaxFocalLoss, softmax_focal_loss
+from .efl import EqualizedFocalLoss
 
 __all__ = [
     "ClassificationLoss",
@@ -37,4 +39,5 @@ __all__ = [
     "BalancedCrossEntropy",
     "SoftmaxFocalLoss",
     "softmax_focal_loss",
+    "EqualizedFocalLoss",
 ]

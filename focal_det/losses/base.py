@@ -35,7 +35,18 @@ class ClassificationLoss:
       initialization, called by the ``PriorProb`` initializer of ``focal_det.bias_init``).
     - ``num_logits(num_classes) -> int``: C; default K.
     - ``check_num_classes(num_classes)``: raise ValueError where the loss's parameters do not
-      fit K classes (e.g. one alpha per class); default: nothing to check.
+      fit K classes (e.g. one alpha per class); default: nothing to check. A loss with
+      per-class state (EFL's statistics) sizes it for K here, once (the model calls this when
+      it is built); another K afterwards is an error.
+    - ``observe_normalizer(normalizer, workers)``: the model calls it once per training
+      forward, after that forward's calls: the loss it trains is their sum divided by
+      ``normalizer`` (a float or a 0-dim tensor), and DDP averages the gradients of
+      ``workers`` processes. Default: nothing. A loss that keeps statistics of its own
+      gradient (EFL) turns that forward's sums into the gradient of the trained loss.
+    - ``after_step()``: called after every optimizer step that is taken (a step the gradient
+      scaler skips never calls it); focal_det's trainer registers it as an optimizer step hook
+      for every loss that is a ``torch.nn.Module`` in the model (:mod:`focal_det.engine.
+      loss_state`). Default: nothing. EFL adds the step's statistics to its buffers here.
     - ``probs_elementwise`` (class attribute): whether each score depends only on its own
       logit (default True); decoding then selects candidates on logits. False (softmax): it
       selects on the scores.
@@ -69,6 +80,12 @@ class ClassificationLoss:
 
     def probs_affine(self) -> Optional[Tuple[float, float]]:
         return None
+
+    def observe_normalizer(self, normalizer, workers: int = 1) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
 
 
 def check_reduction(reduction: str) -> None:

@@ -80,6 +80,13 @@ def config_alpha(cfg: CfgNode):
     return per_class if per_class else c.ALPHA
 
 
+def check_labels(logits: Tensor, labels: Tensor) -> None:
+    """One label per row of logits (..., C)."""
+    rows = logits.numel() // max(logits.shape[-1], 1)
+    if labels.numel() != rows:
+        raise ValueError(f"labels has {labels.numel()} entries for {rows} rows of logits")
+
+
 class SigmoidClassificationLoss(ClassificationLoss):
     """Base class of the sigmoid loss family: K logits per anchor, ``probs`` = sigmoid.
 
@@ -102,10 +109,7 @@ class SigmoidClassificationLoss(ClassificationLoss):
         return spec if spec is not None else self.kernel()
 
     def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
-        num_classes = logits.shape[-1]
-        rows = logits.numel() // max(num_classes, 1)
-        if labels.numel() != rows:
-            raise ValueError(f"labels has {labels.numel()} entries for {rows} rows of logits")
+        check_labels(logits, labels)
         return fused_loss(logits, self._spec_or_kernel(), "sum", labels=labels)
 
     @torch.no_grad()

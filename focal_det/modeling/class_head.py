@@ -1,6 +1,8 @@
 """The class conv for K logits per anchor (the sigmoid losses) or K + 1 (softmax FL, background
 last) with its initial biases, the identity score map used when scores are computed before
 decoding, and what checkpoints record and check of the class conv (``ClassHeadCheck``)."""
+from typing import Dict, Optional
+
 import torch
 from torch import Tensor
 
@@ -46,20 +48,26 @@ class ClassHeadCheck:
       sigmoid classes), the meaning never does. Our checkpoints say which they are
       (``focal_det_head``); others are sigmoid RetinaNets (Detectron2's);
     - with ``same_classes`` (evaluation, prediction), weights for another class count are
-      refused naming both, instead of a shape warning and a randomly initialized classifier.
+      refused naming both, instead of a shape warning and a randomly initialized classifier;
+    - per-class state of the loss (``loss_state``: name -> shape of the model's ``cls_loss.*``
+      buffers, EFL's gradient statistics) saved for another class count is refused naming
+      both counts, always: Detectron2 would skip it with a warning and train on fresh ones.
     """
 
     KEY = "head.cls_score.weight"
     META = "focal_det_head"
 
-    def __init__(self, own_shape, num_classes: int, num_logits: int, loss_name: str):
+    def __init__(self, own_shape, num_classes: int, num_logits: int, loss_name: str,
+                 loss_state: Optional[Dict[str, tuple]] = None):
         self.own_shape, self.loss_name = tuple(own_shape), loss_name
         self.num_classes, self.num_logits = int(num_classes), int(num_logits)
+        self.loss_state = {k: tuple(v) for k, v in (loss_state or {}).items()}
 
     def checkpoint_metadata(self) -> dict:
         return {self.META: {"num_classes": self.num_classes, "num_logits": self.num_logits}}
 
     def check_checkpoint(self, checkpoint: dict, *, source: str, same_classes: bool) -> None:
+        self._check_loss_state(checkpoint.get("model", {}), source)
         theirs = checkpoint.get("model", {}).get(self.KEY)
         if theirs is None:
             return  # other layouts (e.g. Caffe2 names) go through matching heuristics
@@ -67,6 +75,18 @@ class ClassHeadCheck:
         their_softmax = self._check_kind(theirs, checkpoint.get(self.META), source)
         if same_classes:
             self._check_count(theirs, their_softmax, source)
+
+    def _check_loss_state(self, weights: dict, source: str) -> None:
+        for key, own in self.loss_state.items():
+            theirs = weights.get(key)
+            if theirs is not None and tuple(theirs.shape) != own:
+                count = theirs.shape[0] if len(theirs.shape) else 1
+                raise ClassCountMismatchError(
+                    f"{source}: its {key} holds the loss's statistics for {count} classes, but "
+                    f"this model has {own[0] if own else 1} (MODEL.RETINANET.NUM_CLASSES "
+                    f"{self.num_classes}, MODEL.FOCAL_DET.CLS_LOSS.NAME {self.loss_name}). "
+                    "Statistics are per class and cannot be carried over; to start them "
+                    "afresh from these weights, remove the checkpoint's cls_loss.* entries.")
 
     def _check_kind(self, theirs, meta, source: str) -> bool:
         """Whether their head is softmax; raises where it is not the kind of this one."""

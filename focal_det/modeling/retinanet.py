@@ -125,7 +125,9 @@ class FocalRetinaNet(RetinaNet):
     def checkpoint_hook(self) -> ClassHeadCheck:
         """What FocalCheckpointer records and checks of this model's class head."""
         return ClassHeadCheck(self.head.cls_score.weight.shape, self.num_classes,
-                              self.num_logits, type(self.cls_loss).__name__)
+                              self.num_logits, type(self.cls_loss).__name__,
+                              {n: b.shape for n, b in self.named_buffers()
+                               if n.startswith("cls_loss.")})  # EFL's statistics
 
     def training_state(self) -> dict:
         """What exact resume needs beyond ``state_dict()`` (``Trainer`` checkpoints it; see
@@ -238,7 +240,8 @@ class FocalRetinaNet(RetinaNet):
         normalizer = self._normalizer(num_pos_anchors)
 
         if self.anchor_sampler is None:
-            loss_cls = self.classification_loss(pred_logits, gt_labels) / normalizer
+            divisor = normalizer
+            loss_cls = self.classification_loss(pred_logits, gt_labels) / divisor
         else:  # e.g. OHEM: the loss of the chosen anchors over their number
             boxes = Boxes.cat(anchors).tensor
             box_coder = self.box2box_transform if self.box_reg_loss_type == "smooth_l1" else None
@@ -247,8 +250,9 @@ class FocalRetinaNet(RetinaNet):
                                   box_coder, self.smooth_l1_beta)
             chosen = self.anchor_sampler.select(boxes, gt_labels, self.num_classes, anchor_loss)
             sampled = torch.where(chosen, gt_labels, torch.full_like(gt_labels, -1))
-            loss_cls = (self.classification_loss(pred_logits, sampled)
-                        / self.anchor_sampler.normalizer(chosen))
+            divisor = self.anchor_sampler.normalizer(chosen)
+            loss_cls = self.classification_loss(pred_logits, sampled) / divisor
+        self.cls_loss.observe_normalizer(divisor, comm.get_world_size())  # EFL's statistics
         loss_box_reg = _dense_box_regression_loss(
             anchors,
             self.box2box_transform,
