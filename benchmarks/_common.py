@@ -81,6 +81,28 @@ def write_result(folder: str, name: str, data, markdown: Optional[str] = None) -
     return path
 
 
+def environment() -> Dict[str, object]:
+    """When and where a benchmark ran (the README quotes a ratio with its date, machine and
+    command): UTC date and time, CPU model, logical CPUs, torch's threads, versions, GPU."""
+    import datetime
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
 def emit(data, output: Optional[str], name: str, markdown: str) -> None:
     """The benchmark's end: the JSON to stdout, the ratio tables to stderr, and with
     ``--output`` both written to ``output/name`` (and its ``.md``)."""
@@ -207,11 +229,16 @@ def format_spread(s: Dict[str, object], digits: int = 2) -> str:
     return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
 
 
-def markdown_ratios(result: Dict[str, object], title: str) -> str:
+def markdown_ratios(result: Dict[str, object], title: str,
+                    run: Optional[Dict[str, object]] = None, command: str = "") -> str:
     """A table of every ratio as ``median [min-max]`` over the rounds, with its goal and
-    claim where it has one: what the README's tables are copied from."""
+    claim where it has one, under the date, machine and command (``run``: :func:`environment`):
+    what the README's tables are copied from."""
+    where = (f"{run['date_utc']} UTC, {run['cpu']}, {run['logical_cpus']} logical CPUs, "
+             f"{run['torch_threads']} torch threads; " if run else "")
     lines = [f"### {title}", "",
-             f"{result['rounds']} rounds; ratio: median [min-max]", "",
+             f"{where}{result['rounds']} rounds; ratio: median [min-max]"
+             + (f"; `{command}`" if command else ""), "",
              "| ratio | median [min-max] | goal | holds |", "|---|---|---|---|"]
     for name, s in result["ratios"].items():
         c = result["claims"].get(name)

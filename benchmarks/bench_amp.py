@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from benchmarks._common import (Goal, add_rounds_arg, emit, interleaved,
+from benchmarks._common import (Goal, add_rounds_arg, emit, environment, interleaved,
     markdown_ratios, peak_extra_bytes, run_rounds)
 from benchmarks._model_setup import (
     REPO,
@@ -180,7 +180,8 @@ def main(argv=None):
     from focal_det.precision import cpu_has_bf16
 
     n, h, w = args.size
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"run": environment(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(),
               "cpu_has_bf16": cpu_has_bf16(), "batch": n, "size": [h, w],
               "repeats": args.repeats,
               "command": cli.regenerate_command(["-m", "benchmarks.bench_amp"], argv)}
@@ -188,7 +189,8 @@ def main(argv=None):
                              "bench_amp"))
     result["op_counts"] = op_counts(*_models(n, h, w))
     emit(result, args.output, "bench_amp_cpu.json",
-         markdown_ratios(result, "bench_amp, CPU, over Detectron2's fp32"))
+         markdown_ratios(result, "bench_amp, CPU, over Detectron2's fp32", result["run"],
+                         result["command"]))
     far = [r["idle"]["bf16_vs_fp32_detections"]["sparse"] for r in result["per_round"]
            if r["idle"]["bf16_vs_fp32_detections"]["sparse"]["top100_max_score_diff"] > 0.1]
     if far:

@@ -37,7 +37,7 @@ import platform
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import (Goal, add_rounds_arg, emit, interleaved,
+from benchmarks._common import (Goal, add_rounds_arg, emit, environment, interleaved,
     markdown_ratios, peak_extra_bytes, run_rounds)
 from benchmarks._loss_scenarios import (
     COCO_LEVELS,
@@ -251,14 +251,16 @@ def main(argv=None):
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     levels = [(-(-h // args.op_count_scale), -(-w // args.op_count_scale)) for h, w in COCO_LEVELS]
-    out = {"torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+    out = {"run": environment(), "torch": torch.__version__,
+           "machine": platform.processor() or platform.machine(),
            "cpu_threads": torch.get_num_threads(),
            "cuda_device": torch.cuda.get_device_name() if "cuda" in devices else None,
            "command": cli.regenerate_command(["-m", "benchmarks.bench_losses"], argv),
            "op_counts_coco_label_path": op_counts(levels)}
     out.update(run_rounds(lambda: one_round(devices, args), args.rounds, GOALS, "bench_losses"))
     emit(out, args.output, f"bench_losses_{'_'.join(devices)}.json",
-         markdown_ratios(out, "bench_losses (speedups: theirs / ours; memory: ours / theirs)"))
+         markdown_ratios(out, "bench_losses (speedups: theirs / ours; memory: ours / theirs)",
+                         out["run"], out["command"]))
     return out
 
 

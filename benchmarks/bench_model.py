@@ -36,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 
-from benchmarks._common import (Goal, add_rounds_arg, emit, interleaved,
+from benchmarks._common import (Goal, add_rounds_arg, emit, environment, interleaved,
     markdown_ratios, peak_extra_bytes, run_rounds)
 from benchmarks._model_setup import (
     SCORE_SCENARIOS,
@@ -256,7 +256,7 @@ def main(argv=None):
     if args.memory_worker:
         return memory_worker(args.memory_worker, tuple(args.cpu_size))
     counts = op_counts(*args.op_count_size)
-    out = {"torch": torch.__version__, "op_counts": counts,
+    out = {"run": environment(), "torch": torch.__version__, "op_counts": counts,
            "command": cli.regenerate_command(["-m", "benchmarks.bench_model"], argv)}
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
@@ -267,7 +267,8 @@ def main(argv=None):
                                        f"bench_model {d}")} for d in devices]
     name = "op_counts" if args.only_op_counts else "_".join(devices)
     emit(out, args.output, f"bench_model_{name}.json", "\n".join(
-        markdown_ratios(r, f"bench_model, {r['device']}, ours / Detectron2") for r in results))
+        markdown_ratios(r, f"bench_model, {r['device']}, ours / Detectron2", out["run"],
+                        out["command"]) for r in results))
     if not all(v for r in results for detail in r["per_round"]
                for k, v in detail["parity"].items()
                if k == "losses_match" or k.startswith("detections_match")):

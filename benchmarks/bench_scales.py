@@ -20,7 +20,7 @@ import platform
 
 import torch
 
-from benchmarks._common import (add_rounds_arg, emit, interleaved, markdown_ratios,
+from benchmarks._common import (add_rounds_arg, emit, environment, interleaved, markdown_ratios,
     run_rounds, spread)
 from benchmarks._model_setup import build_pair, detect, make_batch, set_scores
 from focal_det import cli
@@ -101,7 +101,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise FocalDetError("--device cuda: no CUDA device")
-    out = {"torch": torch.__version__, "device": args.device,
+    out = {"run": environment(), "torch": torch.__version__, "device": args.device,
            "machine": platform.processor() or platform.machine(),
            "cpu_threads": torch.get_num_threads(),
            "command": cli.regenerate_command(["-m", "benchmarks.bench_scales"], argv)}
@@ -109,7 +109,8 @@ def main(argv=None):
                           args.rounds, (), "bench_scales"))
     out["rows"] = median_rows(out["per_round"])
     emit(out, args.output, f"bench_scales_{args.device}.json",
-         markdown_ratios(out, f"bench_scales, {args.device}, ours / Detectron2 ms per image"))
+         markdown_ratios(out, f"bench_scales, {args.device}, ours / Detectron2 ms per image",
+                         out["run"], out["command"]))
     if args.output:
         plot(out["rows"], f"{args.output}/bench_scales_{args.device}.png",
              f"Table 1e speed on {args.device} ({torch.get_num_threads()} threads), median of "

@@ -9,6 +9,7 @@ from benchmarks._common import (
     Goal,
     claims,
     classify_claim,
+    environment,
     format_spread,
     interleaved,
     markdown_ratios,
@@ -110,6 +111,12 @@ def test_claims_against_goals_and_the_markdown_table():
     table = markdown_ratios({"rounds": 3, "ratios": summary, "claims": c}, "bench")
     assert "| train_step | 0.86 [0.84-0.88] | <= 0.85 (issue 7) | none (1/3) |" in table
     assert "| memory | 0.50 [0.50-0.50] |  |  |" in table
+    run = environment()
+    assert run["logical_cpus"] >= 1 and run["date_utc"][:2] == "20" and run["cpu"]
+    table = markdown_ratios({"rounds": 3, "ratios": summary, "claims": c}, "bench", run,
+                            "python -m benchmarks.bench_x --rounds 3")
+    assert f"{run['date_utc']} UTC, {run['cpu']}, " in table  # when and where, then how
+    assert "3 rounds; ratio: median [min-max]; `python -m benchmarks.bench_x --rounds 3`" in table
 
 
 def test_run_rounds_calls_each_round_afresh_and_writes_json_and_markdown(tmp_path):
