@@ -111,7 +111,8 @@ def get_parser():
     m.add_argument("--num-images", type=int, default=8,
                    help="training images in the batch (default 8, the recipe's batch)")
     m.add_argument("--widths", type=int, nargs="+", default=[64],
-                   help="MODEL.FPN.OUT_CHANNELS values (FPN and head width)")
+                   help="FPN and head widths (MODEL.FPN.OUT_CHANNELS; in a .py config "
+                        "model.backbone.out_channels and the head's channels)")
     m.add_argument("--head-weight-init", nargs="+", default=["fixed"],
                    choices=("fixed", "width_preserving"))
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
