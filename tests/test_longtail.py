@@ -4,6 +4,7 @@ LVIS-format json and metadata, determinism; repeat-factor sampling from the conf
 positionally, and a resumed run that ends with the uninterrupted run's weights."""
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 
@@ -205,3 +206,54 @@ def test_repeat_threshold_is_checked_before_any_work(tiny, tmp_path):
     with pytest.raises(ValueError, match="DATALOADER.REPEAT_THRESHOLD=0.0"):
         preflight(args)
     assert not os.path.exists(tmp_path / "bad")
+
+
+# ---------------------------------------------------------------- EFL on the long-tail config
+
+
+def test_efl_config_trains_and_records_g_per_class(tiny, tmp_path):
+    """configs/builtin/retinanet_R18_longtail_efl.yaml trains (s 4) and writes each class's g_j
+    over training to class_stats.jsonl; the FL config writes none."""
+    from focal_det.engine.class_stats import read_class_stats
+
+    names = ("focal_det_test_longtail_train",)
+    _dicts(tiny)
+    efl_config = os.path.join(CONFIGS, "builtin", "retinanet_R18_longtail_efl.yaml")
+    args = _args(tmp_path / "efl", names, opts=["SOLVER.MAX_ITER", "3"])
+    args.config_file = efl_config  # _args' is the FL config
+    engine.main(args)
+    rows = read_class_stats(str(tmp_path / "efl"))
+    assert [r["iteration"] for r in rows] == [2]  # the last iteration (period 20)
+    g = rows[-1]["pos_neg"]
+    assert len(g) == 34 and all(0.0 <= v <= 1.0 for v in g)
+    assert min(g) < 1.0  # learned from 3 steps: no longer the start (g = 1, plain FL)
+    engine.main(_args(tmp_path / "fl", names, opts=["SOLVER.MAX_ITER", "3"]))
+    assert not os.path.exists(tmp_path / "fl" / "class_stats.jsonl")
+
+
+def test_the_longtail_grid_is_fl_and_efl_with_and_without_rfs():
+    """--grid longtail (docs/REPRODUCTION.md, Section 8): four configurations on the FL config,
+    which differ only in the loss (EFL s 4) and the sampler (RFS at t 0.044)."""
+    from focal_det.analysis.grids import GRIDS
+    from focal_det.cli import load_yaml_config
+
+    cfgs = {e.name: load_yaml_config(LONGTAIL_CONFIG, e.opts()) for e in GRIDS["longtail"]}
+    assert list(cfgs) == ["fl", "fl_rfs", "efl_s4", "efl_s4_rfs"]
+    for name, cfg in cfgs.items():
+        loss = cfg.MODEL.FOCAL_DET.CLS_LOSS
+        assert loss.NAME == ("EqualizedFocalLoss" if name.startswith("efl") else "FocalLoss")
+        assert (loss.GAMMA, loss.ALPHA) == (2.0, 0.25)
+        if name.startswith("efl"):
+            assert loss.EFL_SCALE == 4.0
+        rfs = name.endswith("_rfs")
+        assert cfg.DATALOADER.SAMPLER_TRAIN == ("RepeatFactorTrainingSampler" if rfs
+                                               else "TrainingSampler")
+        assert cfg.DATALOADER.REPEAT_THRESHOLD == (0.044 if rfs else 0.0)
+    efl = load_yaml_config(os.path.join(CONFIGS, "builtin", "retinanet_R18_longtail_efl.yaml"))
+    assert efl.MODEL.FOCAL_DET.CLS_LOSS.dump() == cfgs["efl_s4"].MODEL.FOCAL_DET.CLS_LOSS.dump()
+    # t 0.044 = 100 / the non-empty training images: a class in 100 images is not repeated,
+    # one in a single image 10 times (LVIS v1's 0.001 over its 100k images)
+    nonempty = sum(1 for cls in LongtailSpec().plan()[0] if cls)
+    assert nonempty == 2278
+    assert math.sqrt(0.044 / (100 / nonempty)) == pytest.approx(1.0, abs=0.01)
+    assert math.sqrt(0.044 / (1 / nonempty)) == pytest.approx(10.0, abs=0.02)

@@ -14,7 +14,8 @@ the cfg options that define it), the built-in grids, and reading a grid from JSO
   on the recipe as Section 6 ran it, with exactly one of Detectron's settings (or the paper's
   width, or a frozen backbone) changed each, no LR step, gradient norms of every iteration
   (``analysis/diagnosis.py`` reads them);
-- ``ohem``, ``gamma``, ``alpha``, ``star``: Table 1d and single-parameter sweeps.
+- ``ohem``, ``gamma``, ``alpha``, ``star``: Table 1d and single-parameter sweeps;
+- ``longtail``: issue 38's FL / EFL x repeat-factor sampling on the long-tailed data.
 """
 import json
 import os
@@ -241,6 +242,22 @@ CHECK_GRID = [
             note="Detectron2's RetinaNet (its loss, head, matching, EMA normalizer)"),
 ]
 GRIDS["letters_paper_checks"] = CHECK_GRID
+
+# Issue 38 (docs/REPRODUCTION.md, Section 8): FL and EFL (s 4) on the long-tailed built-in data
+# (configs/builtin/retinanet_R18_longtail.yaml), each with and without repeat-factor sampling
+# at t 0.044 (100 / the 2,278 non-empty training images: a class in 100 images is not repeated,
+# one in a single image 10 times, as LVIS v1's 0.001). Same recipe otherwise.
+LONGTAIL_RFS = ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
+                "DATALOADER.REPEAT_THRESHOLD", "0.044")
+_EFL_S4 = (KEY + "CLS_LOSS.EFL_SCALE", "4.0")
+GRIDS["longtail"] = [
+    Entry("fl", "FocalLoss", gamma=2, alpha=0.25, note="FL"),
+    Entry("fl_rfs", "FocalLoss", gamma=2, alpha=0.25, extra=LONGTAIL_RFS,
+          note="FL + repeat-factor sampling"),
+    Entry("efl_s4", "EqualizedFocalLoss", gamma=2, alpha=0.25, extra=_EFL_S4, note="EFL s 4"),
+    Entry("efl_s4_rfs", "EqualizedFocalLoss", gamma=2, alpha=0.25, extra=_EFL_S4 + LONGTAIL_RFS,
+          note="EFL s 4 + repeat-factor sampling"),
+]
 
 
 def load_grid(spec: str) -> List[Entry]:

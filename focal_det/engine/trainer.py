@@ -37,7 +37,7 @@ from ..data.resumable import (PositionalDataset, PositionalSampler,
                               RepeatFactorPositionalDataset, SeededMapper, repeat_factors)
 from ..evaluation import build_evaluator
 from ..utils.ddp import cpu_ddp_support
-from . import amp, grad_stats, lazy, loss_state, preemption
+from . import amp, class_stats, grad_stats, lazy, loss_state, preemption
 
 # DATALOADER.SAMPLER_TRAIN values whose stream resumes exactly (mid-epoch): Detectron2's
 # samplers of these names, drawn positionally (focal_det.data.resumable).
@@ -109,6 +109,10 @@ class Trainer(DefaultTrainer):
                     h.max_to_keep = self.cfg.max_to_keep
             if isinstance(h, hooks.PeriodicWriter) and lazy_cfg:
                 h._period = self.cfg.log_period  # train.log_period
+        losses = class_stats.stateful_losses(unwrap(self.model))
+        if losses:  # EFL's per-class statistics over training (OUTPUT_DIR/class_stats.jsonl)
+            ret.append(class_stats.ClassStatsWriter(
+                losses, self.cfg.OUTPUT_DIR, self.cfg.log_period if lazy_cfg else 20))
         # Last: it sees the iteration after every other hook (checkpoint, writers) is done.
         self.preemption_hook = preemption.PreemptionHook()
         return [self.preemption_hook.marker] + ret + [self.preemption_hook]
