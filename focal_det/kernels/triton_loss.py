@@ -62,9 +62,11 @@ if triton is not None:
 
     @triton.jit
     def _focal(x, t, a_t, gamma, GAMMA_CASE: tl.constexpr, SOFT: tl.constexpr,
-               TINY: tl.constexpr):
+               TINY: tl.constexpr, POW_FROM_LOG: tl.constexpr = False):
         # FL and its gradient, a_t the alpha_t weight of each element; gamma a scalar or one
         # value per element (a per-class gamma, GAMMA_CASE 3). SOFT: t may be soft, not 0/1.
+        # POW_FROM_LOG: the binary form's (1 - p_t)^gamma as exp(-gamma * softplus(x_t)), one
+        # exp instead of a log and an exp (the per-class kernel's arbitrary gammas).
         sp_pos, sp_neg, p, one_m_p = _logistic(x)
         is_pos = t == 1.0
         # exact binary form (t in {0, 1}); -log p_t as torch's BCE computes it:
@@ -73,7 +75,11 @@ if triton is not None:
         ce_exact = tl.where(is_pos, sp_neg, sp_pos)  # no cancellation: for the gradient
         q_b = tl.where(is_pos, one_m_p, p)
         p_t = tl.where(is_pos, p, one_m_p)
-        mod_b = _power(q_b, gamma, GAMMA_CASE, TINY)
+        if POW_FROM_LOG:
+            mod_b = tl.where(gamma == 2.0, q_b * q_b,  # FL's own gamma: exactly FL's
+                             tl.exp(-gamma * tl.where(is_pos, sp_pos, sp_neg)))
+        else:
+            mod_b = _power(q_b, gamma, GAMMA_CASE, TINY)
         if GAMMA_CASE == 0:
             m = q_b
         else:

@@ -70,7 +70,7 @@ if triton is not None:
                 a_t = t * 0.0 + 1.0
             if CLASS_WEIGHT:
                 a_t = a_t * w
-            loss, grad = _focal(x, t, a_t, gamma, GAMMA_CASE, SOFT, TINY)
+            loss, grad = _focal(x, t, a_t, gamma, GAMMA_CASE, SOFT, TINY, True)
             tl.static_assert(loss.dtype == ct)
             tl.static_assert(grad.dtype == ct)
             loss = tl.where(keep, loss, 0.0)

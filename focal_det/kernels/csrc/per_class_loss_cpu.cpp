@@ -61,8 +61,8 @@ void run_per_class(const at::Tensor& x, const int64_t* labels, const T* targets,
         T loss = T(0), grad = T(0);
         if (!ignored) {
           const T t = labels ? (label == k ? T(1) : T(0)) : targets[i];
-          focal(static_cast<T>(xp[i]), t, C.gamma[k], C.alpha ? C.alpha[k] : alpha, weighted,
-                loss, grad);
+          focal<T, true>(static_cast<T>(xp[i]), t, C.gamma[k], C.alpha ? C.alpha[k] : alpha,
+                         weighted, loss, grad);
           if (C.weight) {
             loss *= C.weight[k];
             grad *= C.weight[k];

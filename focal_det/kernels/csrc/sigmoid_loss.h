@@ -47,7 +47,19 @@ inline T power(T q, T gamma) {
 
 // FL for a target t in [0, 1]; exact binary form where t is 0 or 1. `a` is alpha (of this
 // element's class), `weighted` false for no alpha weighting.
+// q^gamma for binary targets from -log q (softplus, already computed): one exp instead of
+// pow's log and exp (the per-class kernel, whose gammas are arbitrary); exact cases as power.
 template <typename T>
+inline T power_from_log(T q, T gamma, T neg_log_q) {
+  if (gamma == T(2)) return q * q;
+  if (gamma == T(1)) return q;
+  if (gamma == T(0)) return T(1);
+  return std::exp(-gamma * neg_log_q);
+}
+
+// POW_FROM_LOG: the binary form's (1 - p_t)^gamma as exp(-gamma * softplus(x_t)) (see
+// power_from_log); false: pow, as the FL operator has always computed it.
+template <typename T, bool POW_FROM_LOG = false>
 inline void focal(T x, T t, T gamma, T a, bool weighted, T& loss, T& grad) {
   const Logistic<T> s(x);
   if (t == T(1) || t == T(0)) {
@@ -56,7 +68,8 @@ inline void focal(T x, T t, T gamma, T a, bool weighted, T& loss, T& grad) {
     const T ce_exact = pos ? s.sp_neg : s.sp_pos;  // -log p_t without cancellation (gradient)
     const T q = pos ? s.one_m_p : s.p;        // 1 - p_t
     const T p_t = pos ? s.p : s.one_m_p;
-    const T mod = power(q, gamma);
+    const T mod = POW_FROM_LOG ? power_from_log(q, gamma, pos ? s.sp_pos : s.sp_neg)
+                               : power(q, gamma);
     const T a_t = weighted ? (pos ? a : T(1) - a) : T(1);
     loss = a_t * ce * mod;
     // dFL/dx = -y alpha_t (1 - p_t)^gamma (gamma p_t (-log p_t) + (1 - p_t))
