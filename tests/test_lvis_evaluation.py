@@ -20,7 +20,7 @@ from detectron2.structures import Boxes, Instances
 from focal_det import lvis_evaluation as le
 from focal_det.data import LongtailSpec, ensure_generated
 from focal_det.evaluation import FocalCOCOEvaluator, build_evaluator
-from tests.common import CONFIGS, REPO, run_child, tiny_run_opts
+from tests.common import CONFIGS, REPO, register_coco, run_child, tiny_run_opts
 
 # ---------------------------------------------------------------- the NumPy 2 fix
 
@@ -240,7 +240,6 @@ def test_lvis_equals_cocoeval_on_exhaustive_generated_data(tmp_path):
 def test_the_yaml_trainer_picks_the_evaluator_by_evaluator_type(tmp_path):
     import focal_det
     from focal_det.engine import Trainer
-    from tests.common import register_coco
 
     cfg = focal_det.get_cfg()
     cfg.OUTPUT_DIR = str(tmp_path)
@@ -300,3 +299,35 @@ def test_train_net_eval_only_on_detectron2s_lvis_v1_val(tmp_path):
     for v in (apr, apc, apf):  # each group has ground truth (-100: an empty group)
         assert 0.0 <= v <= 100.0, (values, out[-3000:])
     assert "AttributeError" not in out
+
+
+def test_a_py_config_picks_the_evaluator_by_evaluator_type_too(tmp_path):
+    from focal_det import cli
+    from focal_det.engine import Trainer
+    from focal_det.lazy_run import run_config
+
+    name = _register_fixture(tmp_path)
+    lazy = cli.load_config(os.path.join(CONFIGS, "lazy", "retinanet_R18_shapes.py"),
+                           [f"train.output_dir={tmp_path / 'out'}"])
+    cfg = run_config(lazy)
+    assert isinstance(Trainer.build_evaluator(cfg, name), le.FocalLVISEvaluator)
+    register_coco("focal_det_test_coco_fixture", str(tmp_path / "fixture.json"), str(tmp_path))
+    assert isinstance(Trainer.build_evaluator(cfg, "focal_det_test_coco_fixture"),
+                      FocalCOCOEvaluator)
+
+
+@pytest.mark.parametrize("drop", ["frequency", "neg_category_ids", "not_exhaustive_category_ids"])
+def test_preflight_names_what_lvis_evaluation_would_miss(tmp_path, drop):
+    from focal_det.preflight import PreflightError, check_datasets
+
+    name = _register_fixture(tmp_path)
+    gt = json.loads((tmp_path / "fixture.json").read_text())
+    for i in (1, 2, 3):
+        cv2.imwrite(str(tmp_path / f"{i}.jpg"), np.zeros((64, 64, 3), np.uint8))
+    check_datasets([name])  # sound as written
+    where = gt["categories"] if drop == "frequency" else gt["images"]
+    where[0].pop(drop)
+    (tmp_path / "fixture.json").write_text(json.dumps(gt))
+    with pytest.raises(PreflightError, match=drop) as e:
+        check_datasets([name])
+    assert "fixture.json" in str(e.value) and name in str(e.value)
