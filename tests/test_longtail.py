@@ -163,6 +163,7 @@ def _args(out, tiny_names, *extra, opts=()):
     return engine.get_parser().parse_args(argv)
 
 
+@pytest.mark.slow  # training / a child process
 def test_repeat_factor_sampling_from_the_config_resumes_exactly(tiny, tmp_path, monkeypatch):
     import focal_det.engine.trainer as trainer_module
 
@@ -211,6 +212,7 @@ def test_repeat_threshold_is_checked_before_any_work(tiny, tmp_path):
 # ---------------------------------------------------------------- EFL on the long-tail config
 
 
+@pytest.mark.slow  # training / a child process
 def test_efl_config_trains_and_records_g_per_class(tiny, tmp_path):
     """configs/builtin/retinanet_R18_longtail_efl.yaml trains (s 4) and writes each class's g_j
     over training to class_stats.jsonl; the FL config writes none."""

@@ -279,6 +279,7 @@ def _lvis_v1_layout(root):
         json.dump({"images": images, "annotations": anns, "categories": cats}, f)
 
 
+@pytest.mark.slow  # training / a child process
 def test_train_net_eval_only_on_detectron2s_lvis_v1_val(tmp_path):
     root = tmp_path / "datasets"
     _lvis_v1_layout(str(root))
