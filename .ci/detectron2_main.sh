@@ -19,6 +19,8 @@ py="$venv/bin/python"
 # Today's stack: no NumPy/Pillow/OpenCV/setuptools pins (Detectron2 main needs none of them).
 "$py" -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "numpy>=2" pillow \
   opencv-python-headless setuptools ninja pytest faster-coco-eval onnx onnxruntime
+# LVIS's evaluation API without its declared dependencies (requirements-nodeps.txt says why).
+"$py" -m pip install --quiet --no-deps -r requirements-nodeps.txt
 "$py" - <<'EOF'
 import numpy, PIL, cv2, setuptools, torch
 print(f"stack: numpy {numpy.__version__}, Pillow {PIL.__version__}, OpenCV {cv2.__version__}, "
