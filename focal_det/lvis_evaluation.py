@@ -16,7 +16,8 @@ hand-computed AP on a fixture and against COCOeval on exhaustively annotated dat
 
 :class:`FocalLVISEvaluator` is Detectron2's ``LVISEvaluator`` (boxes) with the fix applied, a
 per-class AP beside the summary ("AP-<class>", as Detectron2's COCO evaluator reports), and AP 0
-instead of NaN when the model detects nothing (as :class:`focal_det.evaluation.FocalCOCOEvaluator`).
+instead of NaN when the model detects nothing (as :class:`focal_det.evaluation.FocalCOCOEvaluator`;
+-100, LVIS's "none", for an area range or group without ground truth, as LVISEval says).
 """
 import dis
 import importlib
@@ -129,7 +130,7 @@ def evaluate_lvis_boxes(lvis_gt, results: List[dict], max_dets: int = 300,
 
     if not results:
         logger.warning("The model made no detections: reporting LVIS AP = 0.")
-        return {m: 0.0 for m in LVIS_METRICS}
+        return _no_detections(lvis_gt)
     lvis_eval = LVISEval(lvis_gt, LVISResults(lvis_gt, results, max_dets=max_dets), "bbox")
     lvis_eval.run()
     lvis_eval.print_results()
@@ -142,6 +143,18 @@ def evaluate_lvis_boxes(lvis_gt, results: List[dict], max_dets: int = 300,
             p = p[p > -1]
             out[f"AP-{name}"] = float(np.mean(p) * 100) if p.size else float("nan")
     return out
+
+
+def _no_detections(lvis_gt) -> Dict[str, float]:
+    """What LVISEval reports for a model that detects nothing: 0 where there is ground truth,
+    -100 (LVIS's "none") for an area range or frequency group without any."""
+    anns = list(lvis_gt.anns.values())
+    group = {c["id"]: c.get("frequency") for c in lvis_gt.cats.values()}
+    areas = {"APs": (0, 32 ** 2), "APm": (32 ** 2, 96 ** 2), "APl": (96 ** 2, 1e10)}
+    present = {"AP": bool(anns), "AP50": bool(anns), "AP75": bool(anns)}
+    present.update({m: any(lo <= a["area"] <= hi for a in anns) for m, (lo, hi) in areas.items()})
+    present.update({f"AP{g}": any(group[a["category_id"]] == g for a in anns) for g in "rcf"})
+    return {m: 0.0 if present[m] else -100.0 for m in LVIS_METRICS}
 
 
 class FocalLVISEvaluator(LVISEvaluator):

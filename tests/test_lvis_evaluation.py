@@ -194,7 +194,10 @@ def test_the_evaluator_maps_ids_and_reports_the_same_numbers(tmp_path):
     evaluator.reset()
     evaluator.process([{"image_id": 1}], [{"instances": Instances((64, 64), pred_boxes=Boxes(
         torch.zeros(0, 4)), scores=torch.zeros(0), pred_classes=torch.zeros(0).long())}])
-    assert evaluator.evaluate()["bbox"]["APr"] == 0.0  # nothing detected: 0, not NaN
+    nothing = evaluator.evaluate()["bbox"]  # nothing detected: 0, not NaN; -100 as LVISEval
+    assert {m: nothing[m] for m in ("AP", "APs", "APm", "APl", "APr", "APc", "APf")} == {
+        "AP": 0.0, "APs": 0.0, "APm": -100.0, "APl": -100.0, "APr": 0.0, "APc": 0.0, "APf": 0.0}
+    assert nothing["APm"] == res["APm"] and nothing["APl"] == res["APl"]  # as with detections
 
 
 # ---------------------------------------------------------------- LVISEval = COCOeval
