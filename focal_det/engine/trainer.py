@@ -175,9 +175,13 @@ class Trainer(DefaultTrainer):
             return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
         # Exactly resumable stream (focal_det.data.resumable), otherwise as Detectron2's sampler.
         if sampler == "RepeatFactorTrainingSampler":
-            positional = RepeatFactorPositionalDataset(
-                dataset, seed, repeat_factors(dataset, check_repeat_threshold(cfg),
-                                              sqrt=cfg.DATALOADER.get("REPEAT_SQRT", True)))
+            factors = repeat_factors(dataset, check_repeat_threshold(cfg),
+                                     sqrt=cfg.DATALOADER.get("REPEAT_SQRT", True))
+            logging.getLogger(__name__).info(
+                f"Repeat-factor sampling at threshold {cfg.DATALOADER.REPEAT_THRESHOLD}: "
+                f"{int((factors > 1).sum())} of {len(dataset)} images repeated (factors up to "
+                f"{float(factors.max()):.2f}), about {float(factors.sum()):.0f} images an epoch")
+            positional = RepeatFactorPositionalDataset(dataset, seed, factors)
         else:
             positional = PositionalDataset(dataset, seed)
         return build_detection_train_loader(
