@@ -232,6 +232,23 @@ def test_efl_config_trains_and_records_g_per_class(tiny, tmp_path):
     engine.main(_args(tmp_path / "fl", names, opts=["SOLVER.MAX_ITER", "3"]))
     assert not os.path.exists(tmp_path / "fl" / "class_stats.jsonl")
 
+    # the chart of g_j against the image counts (tools/g_chart.py)
+    from focal_det.errors import FocalDetError
+    from tests.common import load_script
+
+    chart = load_script("tools/g_chart.py")
+    with pytest.raises(FocalDetError, match="class_image_count"):
+        chart.main(["--lines", str(tmp_path / "efl"), "--dataset", names[0],
+                    "--output", str(tmp_path / "g.png")])
+    MetadataCatalog.get(names[0]).set(class_image_count=TINY.image_counts(),
+                                      class_frequency=TINY.frequencies())
+    with pytest.raises(FocalDetError, match="no class_stats"):
+        chart.main(["--lines", str(tmp_path / "fl"), "--dataset", names[0],
+                    "--output", str(tmp_path / "g.png")])
+    chart.main(["--lines", str(tmp_path / "efl"), "--dataset", names[0],
+                "--output", str(tmp_path / "g.png")])
+    assert os.path.getsize(tmp_path / "g.png") > 10_000
+
 
 def test_the_longtail_grid_is_fl_and_efl_with_and_without_rfs():
     """--grid longtail (docs/REPRODUCTION.md, Section 8): four configurations on the FL config,

@@ -93,3 +93,48 @@ def save_prediction_images(cfg, model, dataset_name: str, out_dir: str, num_imag
         cv2.imwrite(path, np.concatenate([gt, gap, pred], axis=1)[:, :, ::-1])
         paths.append(path)
     return paths
+
+
+def class_stats_figure(line_runs, point_runs, image_counts, frequencies, key="pos_neg",
+                       title=""):
+    """EFL's g_j (``key`` of each ``class_stats.jsonl`` row) against the class's training image
+    count (docs/REPRODUCTION.md, Section 8). ``line_runs``: {label: rows} drawn as g_j over the
+    iterations, one line per class coloured by log10(image count), each frequency group's mean
+    in bold; ``point_runs``: {label: rows} whose last row is drawn as g_j against the image count
+    (log scale), one point per class and run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(image_counts, float)
+    shade = plt.get_cmap("viridis")((np.log10(counts) / max(np.log10(counts.max()), 1e-9)))
+    fig, axes = plt.subplots(1, len(line_runs) + 1, figsize=(6 * (len(line_runs) + 1), 4.5),
+                             squeeze=False)
+    for ax, (label, rows) in zip(axes[0], line_runs.items()):
+        it = [r["iteration"] + 1 for r in rows]
+        g = np.array([r[key] for r in rows])  # (points, K)
+        marker = "." if len(it) < 3 else None  # a line of one point is a dot
+        for j in range(g.shape[1]):
+            ax.plot(it, g[:, j], color=shade[j], lw=0.8, alpha=0.8, marker=marker)
+        for grp, style in (("r", "-"), ("c", "--"), ("f", ":")):
+            cols = [j for j, f in enumerate(frequencies) if f == grp]
+            if cols:
+                ax.plot(it, g[:, cols].mean(1), "k" + style, lw=2.5, label=f"mean of group {grp}")
+        ax.set(title=f"{label}: g_j over training", xlabel="iteration",
+               ylabel="g_j (positive / negative gradient)", ylim=(-0.02, 1.02))
+        ax.legend(loc="best", fontsize=8)
+    ax = axes[0][-1]
+    for i, (label, rows) in enumerate(point_runs.items()):
+        if rows:
+            ax.scatter(counts, rows[-1][key], s=14, alpha=0.7, label=f"{label} "
+                       f"(iteration {rows[-1]['iteration'] + 1})", marker="osD^v<>"[i % 7])
+    ax.set(xscale="log", title="g_j at the end against the class's training images",
+           xlabel="training images of the class (log scale)", ylabel="g_j", ylim=(-0.02, 1.02))
+    ax.legend(loc="best", fontsize=7)
+    sm = plt.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.LogNorm(
+        vmin=max(counts.min(), 1), vmax=counts.max()))
+    fig.colorbar(sm, ax=list(axes[0][:-1]) or None, label="training images of the class")
+    if title:
+        fig.suptitle(title)
+    return fig
