@@ -3,6 +3,8 @@ exact Hessian of tiny models (smooth, through the once-differentiable fused loss
 L1's kink), determinism, the detector probe (normalizer frozen, model untouched, speed paths on),
 the LR range test, the verdict."""
 import copy
+import json
+import os
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from focal_det.losses import build_cls_loss  # noqa: F401  (registers the losses
 from focal_det.losses.registry import CLS_LOSS_REGISTRY
 from focal_det.stability import lambda_max, lr_bound, top_eigenvalue
 from focal_det.stability import probe
-from focal_det.stability.check import range_test
+from focal_det.stability.check import JSON_KEYS, range_test
 from focal_det.stability.verdict import verdict
 
 from .common import get_tiny_cfg, random_batch
@@ -190,3 +192,61 @@ def test_verdict_labels():
     v = verdict({**base, "lr_bound": 0.0025}, "lr_bound")
     assert v["label"] == "above the bound" and v["ratio"] == pytest.approx(4.0)
     assert verdict(base, "lr_range_test") is None
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    from focal_det.data import ensure_generated
+    from tests.common import TINY_SHAPES, register_coco
+    folder = ensure_generated(TINY_SHAPES, root=str(tmp_path_factory.mktemp("data")))
+    register_coco("stability_train", os.path.join(folder, "train.json"), folder)
+    register_coco("stability_val", os.path.join(folder, "val.json"), folder)
+    return folder
+
+
+SMALL = ["--batches", "1", "--lanczos-iters", "2", "--dry-run-iters", "2", "--range-iters", "4"]
+
+
+def test_command_on_yaml_and_py_configs_gives_the_same_numbers(shapes_data, tmp_path):
+    from focal_det.stability.command import main
+    from tests.common import CONFIGS, tiny_run_opts
+    yaml_json, py_json = tmp_path / "yaml.json", tmp_path / "py.json"
+    ry = main(["--config-file", os.path.join(CONFIGS, "builtin", "retinanet_R18_shapes.yaml"),
+               *SMALL, "--json", str(yaml_json), "DATASETS.TRAIN", "('stability_train',)",
+               *tiny_run_opts(batch=2)])
+    rp = main(["--config-file", os.path.join(CONFIGS, "lazy", "retinanet_R18_shapes.py"),
+               *SMALL, "--json", str(py_json), "dataloader.train.dataset.names=stability_train",
+               "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+               "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
+               "dataloader.train.mapper.augmentations.0.max_size=64"])
+    data = json.loads(yaml_json.read_text())
+    for key in JSON_KEYS:
+        assert key in data, key
+    assert set(data["lambda_max"]) == {"total", "cls", "box", "backbone", "fpn", "cls_subnet",
+                                       "box_subnet"}
+    assert data["lambda_max"]["total"] > 0 and data["lr_bound"] > 0
+    assert data["verdict"] is None  # Section 7 has not established a predictor
+    assert len(data["details"]["range_test"]["losses"]) <= 4
+    assert ry["lr_base"] == rp["lr_base"] and ry["momentum"] == rp["momentum"]
+    assert ry["lambda_max"]["total"] == pytest.approx(rp["lambda_max"]["total"], rel=1e-3)
+
+
+def test_train_net_check_stability_refuses_above_the_bound_and_can_be_overridden(
+        shapes_data, tmp_path, monkeypatch, capsys):
+    from focal_det.engine.run import run_command
+    from focal_det.stability import verdict as V
+    from tests.common import SHAPES_CONFIG, tiny_run_opts
+    monkeypatch.setattr(V, "PREDICTOR", "lr_bound")  # as if Section 7 had established it
+    argv = ["--config-file", SHAPES_CONFIG, "--check-stability", "--stability-batches", "1",
+            "--stability-lanczos-iters", "3", "--stability-dry-run-iters", "0",
+            "--stability-range-iters", "0", "--stability-no-groups", "--vis-images", "-1",
+            "DATASETS.TRAIN", "('stability_train',)", "DATASETS.TEST", "()",
+            "SOLVER.MAX_ITER", "1", "SOLVER.BASE_LR", "1000.0", "OUTPUT_DIR", str(tmp_path),
+            *tiny_run_opts(batch=2)]
+    with pytest.raises(SystemExit) as e:
+        run_command(argv)
+    assert "stability check's lr_bound" in str(e.value) and "--ignore-stability" in str(e.value)
+    assert not (tmp_path / "model_final.pth").exists()  # refused before any training
+    run_command([argv[0], argv[1], "--ignore-stability", *argv[2:]])
+    assert (tmp_path / "model_final.pth").exists()
+    assert "--ignore-stability" in capsys.readouterr().out

@@ -44,6 +44,15 @@ def get_parser():
                         metavar="SIG", help="signals that stop training with a checkpoint and "
                         f"exit code {preemption.EXIT_PREEMPTED} (default "
                         f"{' '.join(preemption.DEFAULT_SIGNALS)}; none: no handling)")
+    parser.add_argument("--check-stability", action="store_true",
+                        help="before training, measure lambda_max and run an LR range test "
+                             "(python -m focal_det.stability) and print them; refuses to start "
+                             "when the check's verdict is above the bound by more than "
+                             "focal_det.stability.command.REFUSE_FACTOR")
+    parser.add_argument("--ignore-stability", action="store_true",
+                        help="with --check-stability: train even if the check refuses")
+    from ..stability.command import add_check_args
+    add_check_args(parser, prefix="stability-")
     return parser
 
 
@@ -147,4 +156,9 @@ def run_command(argv=None, prog: str = "train_net.py"):
 def _command(argv):
     args = get_parser().parse_args(argv)
     print("Command Line Args:", args)
-    launcher.launch(main, args, preflight(args))
+    device = preflight(args)
+    if args.check_stability and not args.eval_only:  # once, before any process starts
+        from ..stability.command import check_before_training, check_options
+        check_before_training(load_cfg(args), force=args.ignore_stability,
+                              **check_options(args, prefix="stability_"))
+    launcher.launch(main, args, device)

@@ -105,14 +105,17 @@ def run_check(model, cfg, loader, *, batches: int = 1, lanczos_iters: int = 8,
     kw = dict(parts=parts, groups=groups, iters=lanczos_iters, seed=seed, eps_rel=eps_rel)
     init = _spectra(model, probes, facts, **kw)
 
-    dry = copy.deepcopy(model)  # the config's first iterations: its optimizer and warm-up
-    optimizer = probe.build_optimizer(cfg, dry)
-    dry_losses = probe.train_steps(dry, optimizer, stream[:dry_run_iters],
-                                   scheduler=probe.build_scheduler(cfg, optimizer))
-    after = (_spectra(dry, probes, facts, **kw) if all(map(math.isfinite, dry_losses))
-             else None)
-    rt = range_test(model, cfg, stream[:range_iters], facts["base_lr"], start=range_start,
-                    end=range_end, factor=range_factor)
+    dry_losses, after, rt = [], None, None
+    if dry_run_iters:  # the config's first iterations: its optimizer and warm-up
+        dry = copy.deepcopy(model)
+        optimizer = probe.build_optimizer(cfg, dry)
+        dry_losses = probe.train_steps(dry, optimizer, stream[:dry_run_iters],
+                                       scheduler=probe.build_scheduler(cfg, optimizer))
+        if all(map(math.isfinite, dry_losses)):
+            after = _spectra(dry, probes, facts, **kw)
+    if range_iters:
+        rt = range_test(model, cfg, stream[:range_iters], facts["base_lr"], start=range_start,
+                        end=range_end, factor=range_factor)
     lams = [s["lambda_max"] for s in (init.get("total"), (after or {}).get("total")) if s]
     lam = max(lams) if lams else float("nan")
     assumptions = ["the bound is SGD with momentum's: 2(1 + momentum) / lambda_max"]
@@ -126,7 +129,7 @@ def run_check(model, cfg, loader, *, batches: int = 1, lanczos_iters: int = 8,
         "lambda_max_after_dry_run": ({k: (v["lambda_max"] if v else None)
                                       for k, v in after.items()} if after else None),
         "lr_bound": lr_bound(lam, facts["momentum"]) if lams else None,
-        "lr_range_test": rt["diverged_lr"],
+        "lr_range_test": rt["diverged_lr"] if rt else None,
         "lr_base": facts["base_lr"], "lr_warmup_start": start_lr, "lr_warmup_end": end_lr,
         "warmup_iters": warmup, "momentum": facts["momentum"], "optimizer": facts["type"],
         "verdict": None,

@@ -10,6 +10,8 @@ import math
 import os
 from typing import Dict, List, Optional
 
+from detectron2.utils.env import seed_all_rng
+
 from .. import cli
 from ..errors import FocalDetError
 from ..utils.files import atomic_write_text
@@ -20,6 +22,11 @@ from .verdict import VERDICT, verdict
 
 class UnstableConfigError(FocalDetError):
     """The config's LR is above the stability bound by more than the allowed factor."""
+
+
+# train_net.py --check-stability refuses a config whose base LR is above the verdict's
+# predictor by more than this factor (only where a verdict is given: see .verdict).
+REFUSE_FACTOR = 2.0
 
 
 def add_check_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -35,6 +42,15 @@ def add_check_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="LR range test length (default 100; 0: no range test)")
     p.add_argument(f"--{prefix}no-groups", action="store_true",
                    help="skip the per-group lambda_max (backbone, FPN, class and box subnets)")
+
+
+def check_options(args, prefix: str = "") -> Dict:
+    """:func:`check_config`'s keywords from the flags of :func:`add_check_args`."""
+    def get(name):
+        return getattr(args, prefix + name)
+    return {"batches": get("batches"), "lanczos_iters": get("lanczos_iters"),
+            "dry_run_iters": get("dry_run_iters"), "range_iters": get("range_iters"),
+            "groups": not get("no_groups")}
 
 
 def get_parser():
@@ -54,9 +70,11 @@ def check_config(cfg, *, batches: int = 1, lanczos_iters: int = 8, dry_run_iters
     from ..checkpoint import FocalCheckpointer
     from ..engine.trainer import Trainer
 
-    for name, value in (("--batches", batches), ("--lanczos-iters", lanczos_iters)):
-        if value < 1:
-            raise FocalDetError(f"{name} must be >= 1, got {value}")
+    for name, value, low in (("batches", batches, 1), ("lanczos-iters", lanczos_iters, 1),
+                             ("dry-run-iters", dry_run_iters, 0), ("range-iters", range_iters, 0)):
+        if value < low:
+            raise FocalDetError(f"--{name} (--stability-{name}) must be >= {low}, got {value}")
+    seed_all_rng(cfg.SEED if cfg.SEED >= 0 else 0)  # the model's init, as train_net.py seeds it
     model = Trainer.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         FocalCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -86,14 +104,17 @@ def report(result: Dict) -> str:
         lam = max([x for x in (init.get(k), after.get(k)) if x is not None] or [float("nan")])
         bound = 2 * (1 + m) / lam if lam > 0 else float("inf")
         lines.append(f"{k:14s} {_g(init[k]):>16s} {_g(after.get(k)):>14s} {_g(bound):>10s}")
-    if not result["details"]["after_dry_run"]:
-        lines.append("the dry run's loss was not finite: no lambda_max after it")
+    dry = result["details"]["dry_run_losses"]
+    if dry and not result["details"]["after_dry_run"]:
+        lines.append(f"the dry run's loss was not finite at iteration {len(dry) - 1}: no "
+                     "lambda_max after it")
     lines.append(f"LR bound 2(1 + momentum)/lambda_max (whole loss, the larger lambda_max): "
                  f"{_g(result['lr_bound'])}; the config's base LR is "
                  f"{_g(result['lr_base'])}")
-    rt = result["lr_range_test"]
-    lines.append("LR range test: " + (f"the loss diverged at LR {rt:.3g}" if rt is not None
-                                      else "the loss did not diverge"))
+    rt, ran = result["lr_range_test"], result["details"]["range_test"]
+    lines.append("LR range test: " + (
+        "not run" if ran is None else f"the loss diverged at LR {rt:.3g}" if rt is not None
+        else f"the loss did not diverge up to LR {ran['lrs'][-1]:.3g}"))
     v = result["verdict"]
     lines.append(f"verdict: {v['label']} ({v['reason']})" if v else
                  f"verdict: none ({VERDICT['why_none']})")
@@ -114,16 +135,32 @@ def write_json(result: Dict, path: str) -> None:
     atomic_write_text(path, json.dumps(clean(result), indent=1))
 
 
+def check_before_training(cfg, force: bool = False, **options) -> Dict:
+    """``train_net.py --check-stability``: the check (``options``: :func:`check_config`'s
+    keywords, from the ``--stability-*`` flags), printed; raises
+    :class:`UnstableConfigError` when the verdict is above the bound by more than
+    :data:`REFUSE_FACTOR` (``force``: warn and go on)."""
+    result = check_config(cfg, **options)
+    print(report(result), flush=True)
+    v = result["verdict"]
+    if v and v["label"] == "above the bound" and v["ratio"] > REFUSE_FACTOR:
+        message = (f"the base LR is {v['ratio']:.1f}x the stability check's {v['predictor']} "
+                   f"(more than {REFUSE_FACTOR:g}x): this config is expected to diverge; "
+                   "lower the LR, or pass --ignore-stability to train anyway")
+        if not force:
+            raise UnstableConfigError(message)
+        print(f"[stability] --ignore-stability: {message}", flush=True)
+    return result
+
+
 def main(argv: Optional[List[str]] = None) -> Dict:
-    from ..engine.run import load_cfg
+    from ..data import prepare_datasets
 
     args = get_parser().parse_args(argv)
-    cfg = load_cfg(args)
-    from ..data import prepare_datasets
+    cli.register_coco_datasets(args.register_coco)
+    cfg = cli.load_run_config(args.config_file, args.opts)
     prepare_datasets(list(cfg.DATASETS.TRAIN))
-    result = check_config(cfg, batches=args.batches, lanczos_iters=args.lanczos_iters,
-                          dry_run_iters=args.dry_run_iters, range_iters=args.range_iters,
-                          groups=not args.no_groups)
+    result = check_config(cfg, **check_options(args))
     print(report(result))
     if args.json:
         write_json(result, args.json)
