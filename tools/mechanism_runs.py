@@ -26,6 +26,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--output", required=True)
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--parallel", action="store_true",
+                   help="each entry's seeds side by side (one process each; set OMP_NUM_THREADS)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = p.parse_args(argv)
     cli.check_config_file(args.config_file, lazy=False)
@@ -33,7 +35,8 @@ def main(argv=None):
     args.eval_points, args.warmup, args.register_coco, args.keep_checkpoints = 1, "config", None, False
     os.makedirs(args.output, exist_ok=True)
     common = A.budget_opts(args.iters, 1, scaled_warmup=True)  # the config's own warm-up
-    results = run_plan(lambda entry, seed: A.run_one(entry, seed, args, common), args.seeds)
+    results = run_plan(lambda entry, seed: A.run_one(entry, seed, args, common), args.seeds,
+                       parallel=args.parallel)
     for name, rs in results.items():
         print(name, [r.get("status") + (f"@{r['diverged_at']}" if "diverged_at" in r else "")
                      for r in rs])

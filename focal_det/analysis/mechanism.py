@@ -13,6 +13,7 @@ stop rules fixed in docs/REPRODUCTION.md Section 7, and the *measured boundary* 
 loss became NaN/inf is ``diverged``. Every run goes through :func:`ablation.run_one`, so a
 finished run is never repeated and an interrupted one resumes.
 """
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .grids import GRIDS
@@ -41,12 +42,19 @@ def _entry(name: str):
     return next(e for e in GRIDS[GRID] if e.name == name)
 
 
-def run_plan(run: Callable[[object, int], dict], seeds: Sequence[int] = (0, 1)) -> Dict:
-    """Run the plan; ``run(entry, seed)`` trains one run (or returns its finished result)."""
+def run_plan(run: Callable[[object, int], dict], seeds: Sequence[int] = (0, 1),
+             parallel: bool = False) -> Dict:
+    """Run the plan; ``run(entry, seed)`` trains one run (or returns its finished result).
+    ``parallel``: an entry's seeds side by side (each run is its own process)."""
     results: Dict[str, List[dict]] = {}
 
     def both(name: str) -> List[dict]:
-        results[name] = [run(_entry(name), s) for s in seeds]
+        entry = _entry(name)
+        if parallel:
+            with ThreadPoolExecutor(len(seeds)) as pool:
+                results[name] = list(pool.map(lambda s: run(entry, s), seeds))
+        else:
+            results[name] = [run(entry, s) for s in seeds]
         return results[name]
 
     boundary = None

@@ -1,0 +1,54 @@
+"""Issue 37 (c)'s run plan (docs/REPRODUCTION.md Section 7): the order and stop rules fixed
+before the runs, on fake run results (nothing trains)."""
+import pytest
+
+from focal_det.analysis import ablation  # noqa: F401  (registers the mechanism grid)
+from focal_det.analysis.grids import GRIDS
+from focal_det.analysis.mechanism import (SINGLE_CHANGES, ce_ladder, fl_ladder,
+                                          measured_boundary, run_plan)
+from focal_det.analysis.mechanism_grid import BASE_LR
+
+
+def _fake(finite_names):
+    calls = []
+
+    def run(entry, seed):
+        calls.append((entry.name, seed))
+        ok = entry.name in finite_names
+        return {"name": entry.name, "seed": seed, "status": "ok" if ok else "diverged",
+                **({} if ok else {"diverged_at": 10})}
+    return run, calls
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_plan_stops_the_sweep_at_the_first_finite_lr(parallel):
+    finite = {"ce_a0.75_lr1_4", "ce_a0.75_lr1_8", "ce_a0.75_lr1_16", "fl_g2_lr2x",
+              "ce_a0.25_lr1_4", "ce_a0.50_lr1_8"}
+    run, calls = _fake(finite)
+    results = run_plan(run, parallel=parallel)
+    names = list(results)
+    assert names[:3] == ["ce_a0.75_base", "ce_a0.75_lr1_2", "ce_a0.75_lr1_4"]
+    assert "ce_a0.75_lr1_8" not in results  # below the boundary: not run
+    assert names[3:7] == list(SINGLE_CHANGES)
+    assert names[7:9] == ["fl_g2_lr2x", "fl_g2_lr4x"]  # FL stops at its first NaN
+    assert names[9:] == ["ce_a0.25_lr1_4", "ce_a0.50_lr1_4", "ce_a0.50_lr1_8"]
+    assert sorted(calls) == sorted((n, s) for n in names for s in (0, 1))
+    b = measured_boundary(results, ce_ladder(0.75))
+    assert b == {"lr": BASE_LR / 4, "kind": "boundary"}
+    assert measured_boundary(results, fl_ladder()) == {"lr": BASE_LR * 2, "kind": "boundary"}
+
+
+def test_one_diverged_seed_is_not_finite():
+    def run(entry, seed):
+        ok = entry.name == "ce_a0.75_lr1_16" or (entry.name == "ce_a0.75_lr1_8" and seed == 0)
+        return {"status": "ok" if ok else "diverged"}
+    results = run_plan(run)
+    assert "ce_a0.75_lr1_16" in results
+    assert measured_boundary(results, ce_ladder(0.75))["lr"] == BASE_LR / 16
+
+
+def test_every_planned_entry_is_in_the_grid():
+    grid = {e.name for e in GRIDS["letters_paper_mechanism"]}
+    planned = ({n for _, n in ce_ladder(0.75) + ce_ladder(0.25) + ce_ladder(0.5) + fl_ladder()}
+               | set(SINGLE_CHANGES))
+    assert planned == grid
