@@ -52,3 +52,34 @@ def test_every_planned_entry_is_in_the_grid():
     planned = ({n for _, n in ce_ladder(0.75) + ce_ladder(0.25) + ce_ladder(0.5) + fl_ladder()}
                | set(SINGLE_CHANGES))
     assert planned == grid
+
+
+def test_within_2x_rule():
+    from focal_det.analysis.mechanism_report import within_2x
+    b = {"lr": 0.001, "kind": "boundary"}
+    assert within_2x(0.0019, b) and within_2x(0.00051, b)
+    assert within_2x(0.0021, b) is False and within_2x(0.00049, b) is False
+    low = {"lr": 0.005, "kind": "at least"}
+    assert within_2x(0.001, low) is False and within_2x(0.004, low) is None
+    assert within_2x(None, b) is None and within_2x(0.01, None) is None
+
+
+def test_report_from_fake_runs(tmp_path):
+    import json
+    from tests.common import load_script
+    runs = tmp_path / "runs"
+    for name, seed, status in (("ce_a0.75_base", 0, "diverged"), ("ce_a0.75_base", 1, "diverged"),
+                               ("ce_a0.75_lr1_2", 0, "ok"), ("ce_a0.75_lr1_2", 1, "ok"),
+                               ("fl_g2_lr2x", 0, "ok"), ("fl_g2_lr2x", 1, "diverged")):
+        d = runs / name / f"seed{seed}"
+        d.mkdir(parents=True)
+        r = {"status": status, "AP": 1.0} if status == "ok" else {"status": status,
+                                                                   "diverged_at": 12}
+        (d / "result.json").write_text(json.dumps(r))
+    tool = load_script("tools/mechanism_report.py")
+    s = tool.main(["--runs", str(runs), "--probe", str(tmp_path / "none"),
+                   "--output", str(tmp_path / "out")])
+    assert s["ce_boundary"] == {"lr": BASE_LR / 2, "kind": "boundary"}
+    assert s["fl_boundary"] == {"lr": BASE_LR, "kind": "boundary"}
+    text = (tmp_path / "out" / "mechanism.md").read_text()
+    assert "NaN at 12" in text and "finite (1.0 AP)" in text
