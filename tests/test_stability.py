@@ -215,7 +215,8 @@ def test_command_on_yaml_and_py_configs_gives_the_same_numbers(shapes_data, tmp_
                *SMALL, "--json", str(yaml_json), "DATASETS.TRAIN", "('stability_train',)",
                *tiny_run_opts(batch=2)])
     rp = main(["--config-file", os.path.join(CONFIGS, "lazy", "retinanet_R18_shapes.py"),
-               *SMALL, "--json", str(py_json), "dataloader.train.dataset.names=stability_train",
+               "--batches", "1", "--lanczos-iters", "2", "--dry-run-iters", "0",
+               "--range-iters", "0", "--no-groups", "--json", str(py_json), "dataloader.train.dataset.names=stability_train",
                "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
                "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
                "dataloader.train.mapper.augmentations.0.max_size=64"])
