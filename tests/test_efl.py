@@ -34,6 +34,7 @@ def _stepped(loss, k, seed=0):
     loss.check_num_classes(k)
     g = torch.Generator().manual_seed(seed)
     loss._pending.copy_(torch.rand(2, k, generator=g) * torch.tensor([[1.0], [2.0]]))
+    loss._ready = True  # as observe_normalizer leaves it
     loss.after_step()
     assert 0 < loss.pos_neg.min() < loss.pos_neg.max() <= 1
     return loss
@@ -179,6 +180,7 @@ def test_non_finite_sums_add_nothing():
     loss = _stepped(EqualizedFocalLoss(), K)
     before = loss.state_dict()
     loss._pending.copy_(torch.tensor([[1.0, float("nan"), 1.0], [1.0, 1.0, float("inf")]]))
+    loss._ready = True
     loss.after_step()
     assert all(torch.equal(v, loss.state_dict()[k]) for k, v in before.items())
     assert not loss._pending.any()
@@ -232,3 +234,32 @@ def test_forwards_that_no_step_commits_are_warned_about(caplog):
     assert any("loss_state.install(optimizer, model)" in r.getMessage() for r in caplog.records)
     loss.after_step()
     assert loss._uncommitted == 0 and loss.pos_grad.any()
+
+
+def test_one_add_per_step_when_the_optimizer_runs_its_post_hooks_twice():
+    """Detectron2's clipping optimizer is a subclass whose step() calls SGD's: both are wrapped,
+    so the step post-hooks fire twice per step; the statistics must be added once."""
+    loss = EqualizedFocalLoss(gamma_b=2.0, scale=4.0, alpha=0.25, num_classes=K)
+    logits = torch.randn(6, K, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, K, K, -1])
+
+    class Clipped(torch.optim.SGD):
+        def step(self, closure=None):
+            return super().step(closure)
+
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # wraps SGD.step as in use
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = Clipped([w], lr=0.1)
+    loss_state.install(opt, torch.nn.ModuleList([loss]))
+    loss.train()
+    value = loss(logits, labels)
+    loss.observe_normalizer(1.0)
+    expected = loss._pending.clone()
+    value.backward()
+    w.grad = torch.zeros(1)
+    refreshes = []
+    refresh = loss._refresh
+    loss._refresh = lambda: (refreshes.append(1), refresh())
+    opt.step()
+    assert len(refreshes) == 1  # one add (one all_reduce under DDP), not one per hook call
+    assert torch.equal(loss.pos_grad, expected[0]) and torch.equal(loss.neg_grad, expected[1])

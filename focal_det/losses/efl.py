@@ -116,6 +116,8 @@ class EqualizedFocalLoss(_AlphaMixin, SigmoidClassificationLoss, nn.Module):
         self.num_classes: Optional[int] = None
         self._recorded = False  # this forward added sums to _forward_sums
         self._uncommitted = 0  # training forwards since the last committed step
+        self._ready = False  # _pending holds a forward's sums not yet added (one add per step)
+        self._warned_unobserved = False
         self.register_load_state_dict_post_hook(_refresh_after_load)
         if num_classes is not None:
             self.check_num_classes(num_classes)
@@ -187,6 +189,7 @@ class EqualizedFocalLoss(_AlphaMixin, SigmoidClassificationLoss, nn.Module):
         self._recorded = False
         torch.div(self._forward_sums, normalizer * workers, out=self._pending)
         self._forward_sums.zero_()
+        self._ready = True
         self._uncommitted += 1
         if self._uncommitted == WARN_UNCOMMITTED:
             logger.warning(
@@ -199,8 +202,18 @@ class EqualizedFocalLoss(_AlphaMixin, SigmoidClassificationLoss, nn.Module):
     def after_step(self) -> None:
         """Adds the step's sums (all-reduced over workers) to the buffers and updates g; sums
         that are not finite add nothing. Fixed-size work, no host sync."""
-        if self.num_classes is None:
+        if self._recorded and not self._warned_unobserved:
+            self._warned_unobserved = True
+            logger.warning("EqualizedFocalLoss: an optimizer step came after a training forward "
+                           "whose normalizer was never reported (observe_normalizer), so its "
+                           "gradient statistics are not added and EFL stays plain FL; a model "
+                           "other than FocalRetinaNet must call cls_loss.observe_normalizer("
+                           "normalizer, workers) after computing its loss")
+        # Once per step: an optimizer whose step() calls its parent's (Detectron2's clipping
+        # subclass of SGD) runs the step post-hooks twice.
+        if self.num_classes is None or not self._ready:
             return
+        self._ready = False
         self._uncommitted = 0
         pending = self._pending
         if comm.get_world_size() > 1:
