@@ -9,7 +9,7 @@ DEMO_OUT ?= output/demo
 # .venv: make clean-venv test DETECTRON2_SOURCE=/path/to/detectron2
 export DETECTRON2_SOURCE
 
-.PHONY: demo test test-slow test-fast gpu-check env bench bench-model bench-scales plots ablate ablate-letters pretrain reproduce-paper paper-report reproduce-paper-6it imbalance \
+.PHONY: mechanism mechanism-report demo test test-slow test-fast gpu-check env bench bench-model bench-scales plots ablate ablate-letters pretrain reproduce-paper paper-report reproduce-paper-6it imbalance \
 	easy-negatives loss-distribution amp-accuracy clean-venv
 
 # Re-installs only when the pins, the Detectron2 installer, setup.py or the C++ loss change.
@@ -77,6 +77,14 @@ reproduce-paper: $(STAMP)
 
 paper-report: $(STAMP)
 	REPORT_ONLY=1 PYTHON=$(PY) bash tools/reproduce_paper.sh
+
+# docs/REPRODUCTION.md Section 7 (issue 37): why alpha-CE diverges, measured (lambda_max probes,
+# the single-change runs, the stability check of alpha-CE and FL; resumes where it stopped).
+mechanism: $(STAMP)
+	PYTHON=$(PY) bash tools/reproduce_mechanism.sh
+
+mechanism-report: $(STAMP)
+	REPORT_ONLY=1 PYTHON=$(PY) bash tools/reproduce_mechanism.sh
 
 # Sections 6.3-6.8 as they ran (the Section 6 config, 6-iteration warm-up; ~2.5 h).
 reproduce-paper-6it: $(STAMP)
