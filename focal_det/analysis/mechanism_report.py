@@ -108,11 +108,13 @@ def markdown(s: Dict) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     t = s["trajectory"]
     if t:
-        lines += ["", "| iteration | LR η_t | λmax | λmax cls | η_t·λmax (unstable > 2(1+β)) |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| iteration | LR η_t | λmax (± residual) | λmax cls | λmin | "
+                  "η_t·λmax (unstable > 2(1+β)) |", "|---|---|---|---|---|---|"]
         for x in t["lambda"]:
-            lines.append(f"| {x['iteration']} | {x['lr']:.3g} | {x['lambda_max']:.3g} | "
-                         f"{x['lambda_max_cls']:.3g} | {x['eta_lambda']:.3g} |")
+            tot = x["spectra"]["total"]
+            lines.append(f"| {x['iteration']} | {x['lr']:.3g} | {x['lambda_max']:.3g} "
+                         f"(± {tot['residual']:.2g}) | {x['lambda_max_cls']:.3g} | "
+                         f"{tot['lambda_min']:.3g} | {x['eta_lambda']:.3g} |")
         lines += ["", "| iteration | loss | cos FPN | cos class subnet | ‖g‖ FPN | ‖g‖ cls |",
                   "|---|---|---|---|---|---|"]
         for r in t["rows"]:
@@ -133,6 +135,8 @@ def plot(s: Dict, path: str) -> None:
     its = [x["iteration"] for x in t["lambda"]]
     a.semilogy(its, [x["lambda_max"] for x in t["lambda"]], "o-", label="λmax (whole loss)")
     a.semilogy(its, [x["lambda_max_cls"] for x in t["lambda"]], "s--", label="λmax (loss_cls)")
+    a.semilogy(its, [abs(x["spectra"]["total"]["lambda_min"]) for x in t["lambda"]], "v-.",
+               label="|λmin| (whole loss)")
     a.semilogy(its, [x["bound_at_lr"] for x in t["lambda"]], "k:", label="2(1+β)/η_t")
     a.set_xlabel("iteration")
     a.set_title("α-CE α .75: sharpness against the step size")

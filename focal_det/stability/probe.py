@@ -151,7 +151,7 @@ def train_steps(model, optimizer, batches, *, scheduler=None,
                 g["lr"] = lr_at(i) * f
         with EventStorage(i):
             loss = sum(model(copy.deepcopy(batch)).values())
-        value = float(loss)
+        value = float(loss.detach())
         out.append(value)
         if not torch.isfinite(loss):
             break
