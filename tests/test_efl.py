@@ -221,17 +221,25 @@ def test_checkpoints_hold_the_statistics_and_refuse_another_class_count(tmp_path
     assert (fresh.cls_loss.pos_neg == 1).all()
 
 
-def test_forwards_that_no_step_commits_are_warned_about(caplog):
-    """A trainer without the step hook would train plain FL silently; it is told instead."""
+def test_forwards_that_no_step_commits_are_warned_about():
+    """A trainer without the step hook would train plain FL silently; it is told instead.
+    (A handler on the module's own logger: an earlier in-process train_net.py run stops
+    focal_det's loggers from propagating to the root, where caplog listens.)"""
     from focal_det.losses import efl
+    from tests.common import Records
 
     loss = EqualizedFocalLoss(num_classes=K)
     x, labels = torch.randn(10, K).requires_grad_(), torch.randint(0, K + 1, (10,))
-    with caplog.at_level("WARNING", logger=efl.__name__):
+    records = Records()
+    efl.logger.addHandler(records)
+    try:
         for _ in range(efl.WARN_UNCOMMITTED):
             loss(x, labels)
             loss.observe_normalizer(1.0)
-    assert any("loss_state.install(optimizer, model)" in r.getMessage() for r in caplog.records)
+    finally:
+        efl.logger.removeHandler(records)
+    assert any("loss_state.install(optimizer, model)" in r.getMessage()
+               for r in records.records)
     loss.after_step()
     assert loss._uncommitted == 0 and loss.pos_grad.any()
 
