@@ -34,6 +34,17 @@ def tiny_run_opts(batch: int = 2, workers: int = 0, channels: int = 0) -> List[s
             *(["MODEL.FPN.OUT_CHANNELS", str(channels)] if channels else [])]
 
 
+def tiny_shapes_datasets(root: str, prefix: str) -> str:
+    """TINY_SHAPES generated under ``root`` and registered as ``PREFIX_train`` / ``PREFIX_val``;
+    returns the data folder."""
+    from focal_det.data import ensure_generated
+
+    folder = ensure_generated(TINY_SHAPES, root=root)
+    for split in ("train", "val"):
+        register_coco(f"{prefix}_{split}", os.path.join(folder, f"{split}.json"), folder)
+    return folder
+
+
 def register_coco(name: str, json_file: str, image_root: str) -> None:
     """Register a COCO-format dataset as ``name``, replacing one registered before under that
     name (by another test of this process)."""

@@ -14,10 +14,9 @@ from focal_det import cli
 from focal_det.analysis import feature_rms as F
 from focal_det.analysis.imbalance import measure
 from focal_det.checkpoint import FocalCheckpointer
-from focal_det.data import ensure_generated
 from focal_det.inference import inference_spec
 from focal_det.lazy_run import LazyRunConfig
-from tests.common import CONFIGS, TINY_SHAPES, load_script, register_coco
+from tests.common import CONFIGS, TINY_SHAPES, load_script, tiny_shapes_datasets
 
 easy_negatives = load_script("tools/easy_negatives.py")
 imbalance = load_script("tools/imbalance.py")
@@ -34,10 +33,7 @@ PY_DATA = ["dataloader.train.dataset.names=lazy_tools_train",
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = ensure_generated(TINY_SHAPES, root=str(tmp_path_factory.mktemp("data")))
-    register_coco("lazy_tools_train", os.path.join(folder, "train.json"), folder)
-    register_coco("lazy_tools_val", os.path.join(folder, "val.json"), folder)
-    return folder
+    return tiny_shapes_datasets(str(tmp_path_factory.mktemp("data")), "lazy_tools")
 
 
 def _close(a, b, what):

@@ -196,12 +196,8 @@ def test_verdict_labels():
 
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory):
-    from focal_det.data import ensure_generated
-    from tests.common import TINY_SHAPES, register_coco
-    folder = ensure_generated(TINY_SHAPES, root=str(tmp_path_factory.mktemp("data")))
-    register_coco("stability_train", os.path.join(folder, "train.json"), folder)
-    register_coco("stability_val", os.path.join(folder, "val.json"), folder)
-    return folder
+    from tests.common import tiny_shapes_datasets
+    return tiny_shapes_datasets(str(tmp_path_factory.mktemp("data")), "stability")
 
 
 SMALL = ["--batches", "1", "--lanczos-iters", "2", "--dry-run-iters", "2", "--range-iters", "4"]
