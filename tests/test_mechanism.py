@@ -4,7 +4,7 @@ import pytest
 
 from focal_det.analysis import ablation  # noqa: F401  (registers the mechanism grid)
 from focal_det.analysis.grids import GRIDS
-from focal_det.analysis.mechanism import (SINGLE_CHANGES, ce_ladder, fl_ladder,
+from focal_det.analysis.mechanism import (SINGLE_CHANGES, ce_ladder, common_lr, fl_ladder,
                                           measured_boundary, run_plan)
 from focal_det.analysis.mechanism_grid import BASE_LR
 
@@ -32,10 +32,31 @@ def test_plan_stops_the_sweep_at_the_first_finite_lr(parallel):
     assert names[3:7] == list(SINGLE_CHANGES)
     assert names[7:9] == ["fl_g2_lr2x", "fl_g2_lr4x"]  # FL stops at its first NaN
     assert names[9:] == ["ce_a0.25_lr1_4", "ce_a0.50_lr1_4", "ce_a0.50_lr1_8"]
+    assert common_lr(results) == BASE_LR / 8
     assert sorted(calls) == sorted((n, s) for n in names for s in (0, 1))
     b = measured_boundary(results, ce_ladder(0.75))
     assert b == {"lr": BASE_LR / 4, "kind": "boundary"}
     assert measured_boundary(results, fl_ladder()) == {"lr": BASE_LR * 2, "kind": "boundary"}
+
+
+def test_alpha_050_starts_below_alpha_025s_boundary():
+    # Section 7.2: α .25 finite only at 1/32, so α .5 starts there (its higher LRs cannot set
+    # the common LR); the common LR is the lowest of the three boundaries
+    finite = {"ce_a0.75_lr1_4", "ce_a0.25_lr1_32", "ce_a0.50_lr1_64"}
+    run, _ = _fake(finite)
+    results = run_plan(run)
+    alphas = [n for n in results if n.startswith(("ce_a0.25", "ce_a0.50"))]
+    assert alphas == ["ce_a0.25_lr1_4", "ce_a0.25_lr1_8", "ce_a0.25_lr1_16", "ce_a0.25_lr1_32",
+                      "ce_a0.50_lr1_32", "ce_a0.50_lr1_64"]
+    assert common_lr(results) == BASE_LR / 64
+
+
+def test_no_common_lr_when_alpha_025_never_trains():
+    run, _ = _fake({"ce_a0.75_lr1_4"})
+    results = run_plan(run)
+    assert "ce_a0.25_lr1_64" in results
+    assert not any(n.startswith("ce_a0.50") for n in results)  # it cannot set a common LR
+    assert common_lr(results) is None
 
 
 def test_one_diverged_seed_is_not_finite():

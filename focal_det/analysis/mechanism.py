@@ -6,8 +6,10 @@ stop rules fixed in docs/REPRODUCTION.md Section 7, and the *measured boundary* 
 - the single changes at the config's LR: prior 1e-4, momentum 0, constant normalizer, warm-up
   from 0.001;
 - FL γ 2 upward (x 2, 4, 8), stopping at the first LR at which a seed goes NaN;
-- α-CE α .25 and .5 from α .75's boundary downward, each stopping at its first LR with both
-  seeds finite (issue 37 item 4's one LR for every loss).
+- α-CE α .25 from α .75's boundary downward (to 1/64), then α .5 from the lower of the two
+  boundaries downward, each stopping at its first LR with both seeds finite (issue 37 item 4's
+  one LR for every loss: the largest LR at which all three are finite; α .5 above α .25's
+  boundary cannot set it, so it is not run there; Section 7.2).
 
 "Finite" means the run reached its last iteration (status ``ok`` or ``exploded``); a run whose
 loss became NaN/inf is ``diverged``. Every run goes through :func:`ablation.run_one`, so a
@@ -17,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .grids import GRIDS
-from .mechanism_grid import BASE_LR, FL_LR_MULTIPLIERS, LR_DIVISORS
+from .mechanism_grid import BASE_LR, EXTRA_DIVISORS, FL_LR_MULTIPLIERS, LR_DIVISORS
 
 GRID = "letters_paper_mechanism"
 SINGLE_CHANGES = ("ce_a0.75_prior1e-4", "ce_a0.75_momentum0", "ce_a0.75_constnorm",
@@ -30,8 +32,10 @@ def finite(result: dict) -> bool:
 
 def ce_ladder(alpha: float) -> List[tuple]:
     """(LR, entry name) of an α-CE's sweep, largest LR first."""
-    top = [(BASE_LR, "ce_a0.75_base")] if alpha == 0.75 else []
-    return top + [(BASE_LR / d, f"ce_a{alpha:.2f}_lr1_{d}") for d in LR_DIVISORS]
+    if alpha == 0.75:
+        return [(BASE_LR, "ce_a0.75_base")] + [(BASE_LR / d, f"ce_a0.75_lr1_{d}")
+                                                for d in LR_DIVISORS]
+    return [(BASE_LR / d, f"ce_a{alpha:.2f}_lr1_{d}") for d in LR_DIVISORS + EXTRA_DIVISORS]
 
 
 def fl_ladder() -> List[tuple]:
@@ -68,12 +72,28 @@ def run_plan(run: Callable[[object, int], dict], seeds: Sequence[int] = (0, 1),
         if not all(finite(r) for r in both(name)):
             break
     for alpha in (0.25, 0.5):
+        found = False
         for lr, name in ce_ladder(alpha):
             if boundary is not None and lr > boundary:
                 continue
             if all(finite(r) for r in both(name)):
+                boundary, found = lr, True  # α .5 starts at the lower of the boundaries
                 break
+        if not found:  # no common LR within the ladder: α .5 cannot change that
+            break
     return results
+
+
+def common_lr(results: Dict[str, List[dict]]) -> Optional[float]:
+    """Issue 37 item 4's one LR: the largest LR at which α-CE α .25, .5 and .75 each have every
+    seed finite (an α .75 LR below its measured boundary counts as finite: not run, Section 7)."""
+    ok = []
+    for alpha in (0.25, 0.5, 0.75):
+        b = measured_boundary(results, ce_ladder(alpha))
+        if b is None:
+            return None
+        ok.append(b["lr"])
+    return min(ok)
 
 
 def measured_boundary(results: Dict[str, List[dict]], ladder: List[tuple],

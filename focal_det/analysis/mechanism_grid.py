@@ -6,8 +6,8 @@ a constant normalizer (the mean foreground count of a batch of 8, measured over 
 first 100 batches: 42.72), the warm-up from 0.001, and the base LR x 1/2, 1/4, 1/8, 1/16 (the
 *measured boundary*: the largest of these at which both seeds stay finite to 500 iterations).
 ``fl_g2_lr*``: FL γ 2's boundary measured upward (LR x 2, 4, 8). ``ce_a0.25_lr*`` and
-``ce_a0.50_lr*``: the other α-CEs at the candidate LRs (issue 37 item 4 picks one LR for every
-loss from them). Importing this module adds the grid to :data:`grids.GRIDS`.
+``ce_a0.50_lr*``: the other α-CEs at the candidate LRs, down to 1/64 (issue 37 item 4 picks one
+LR for every loss from them; Section 7.2). Importing this module adds the grid to :data:`grids.GRIDS`.
 """
 from .grids import GRIDS, KEY, Entry
 
@@ -15,6 +15,8 @@ BASE_LR = 0.005  # the config's SOLVER.BASE_LR
 MEAN_BATCH_FOREGROUND = 42.72  # Section 7 (c): 100 batches of 8, SEED 2017, range 14-75
 _COMMON = ("SOLVER.STEPS", "()", KEY + "GRAD_STATS_ITERS", "100")
 LR_DIVISORS = (2, 4, 8, 16)
+# α .25 and .5 only (Section 7.2, fixed before those runs): α .25 went NaN at 1/4 and (seed 0) 1/8
+EXTRA_DIVISORS = (32, 64)
 FL_LR_MULTIPLIERS = (2, 4, 8)
 
 
@@ -42,6 +44,6 @@ MECHANISM_GRID = [
       for m in FL_LR_MULTIPLIERS],
     *[_ce(f"ce_a{a:.2f}_lr1_{d}", lr_opts(BASE_LR / d), f"α-CE α {a} at base LR x 1/{d}",
           alpha=a)
-      for a in (0.25, 0.5) for d in LR_DIVISORS],
+      for a in (0.25, 0.5) for d in LR_DIVISORS + EXTRA_DIVISORS],
 ]
 GRIDS["letters_paper_mechanism"] = MECHANISM_GRID

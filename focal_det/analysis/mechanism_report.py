@@ -6,7 +6,7 @@ import math
 import os
 from typing import Dict, List, Optional
 
-from .mechanism import ce_ladder, fl_ladder, measured_boundary
+from .mechanism import ce_ladder, common_lr, fl_ladder, measured_boundary
 from .mechanism_grid import BASE_LR
 
 FL_AT_BASE = "fl_g2_a0.25 at the config's LR (Section 6.11)"
@@ -74,7 +74,9 @@ def summarize(runs_dir: str, probe_dir: str, checks: Dict[str, str]) -> Dict:
                       "rule": {k: within_2x(v, boundary) for k, v in
                                (("bound_init", at_init), ("bound_min_along", along),
                                 ("range_test", rt))}}
-    return {"runs": runs, "ce_boundary": ce_b, "fl_boundary": fl_b, "init": init,
+    return {"runs": runs, "ce_boundary": ce_b, "fl_boundary": fl_b,
+            "ce_boundaries": {a: measured_boundary(runs, ce_ladder(a)) for a in (0.25, 0.5, 0.75)},
+            "common_lr": common_lr(runs), "init": init,
             "trajectory": traj, "free_checks": free, "stability_checks": stab,
             "prediction": pred}
 
