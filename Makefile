@@ -70,13 +70,17 @@ pretrain: $(STAMP)
 	$(PY) tools/pretrain_backbone.py --output output/pretrain_R18_glyphs --resume
 
 # docs/REPRODUCTION.md Section 6.11: the paper's grid on the corrected recipe, its verdict, the
-# paper's claims, Figure 4 and the untested departures (about 2-3.5 h on 2 cores after the backbone;
-# resumes where it stopped). paper-report: every table and figure again from finished runs.
+# paper's claims, Figure 4 and the untested departures (about 2-3.5 h on 2 cores after the backbone);
+# then Section 7.2: the same grid at the one LR where every alpha-CE trains (bf16; Section 7's
+# common LR from docs/results/mechanism.json). Both resume where they stopped.
+# paper-report: every table and figure again from finished runs.
 reproduce-paper: $(STAMP)
 	PYTHON=$(PY) bash tools/reproduce_paper.sh
+	PYTHON=$(PY) bash tools/reproduce_paper_common_lr.sh
 
 paper-report: $(STAMP)
 	REPORT_ONLY=1 PYTHON=$(PY) bash tools/reproduce_paper.sh
+	REPORT_ONLY=1 PYTHON=$(PY) bash tools/reproduce_paper_common_lr.sh
 
 # docs/REPRODUCTION.md Section 7 (issue 37): why alpha-CE diverges, measured (lambda_max probes,
 # the single-change runs, the stability check of alpha-CE and FL; resumes where it stopped).
