@@ -45,15 +45,17 @@ gpu-check: $(STAMP)
 env: $(STAMP)
 	$(PY) -m focal_det.collect_env
 
+# Each benchmark: 3 rounds (the default), the JSON and its median [min-max] table to
+# benchmarks/results (the README's commands; run them on an idle machine, one at a time).
 bench: $(STAMP)
-	$(PY) -m benchmarks.bench_losses
+	$(PY) -m benchmarks.bench_losses --repeats 7 --output benchmarks/results
 
 # The paper's Table 1e speed measure (R-50/R-101 at 400-800 px), ours vs Detectron2.
 bench-scales: $(STAMP)
 	$(PY) -m benchmarks.bench_scales --repeats 3 --output benchmarks/results
 
 bench-model: $(STAMP)
-	$(PY) -m benchmarks.bench_model --repeats 3
+	$(PY) -m benchmarks.bench_model --repeats 5 --output benchmarks/results
 
 # The paper's Table 1a/1b + CE without prior + Table 3 on the built-in dataset (docs/REPRODUCTION.md).
 ablate: $(STAMP)
