@@ -10,6 +10,8 @@
 # last checkpoint (ablate.py --resume), so stopping and rerunning picks up where it was.
 # Section 6.3-6.8's runs (6-iteration warm-up): tools/reproduce_paper_6it.sh.
 set -euo pipefail
+# shellcheck source=tools/paper_grid_report.sh
+source "$(dirname "$0")/paper_grid_report.sh"
 PY=${PYTHON:-python}
 OUT=${OUT:-output}
 CFG=configs/builtin/retinanet_R18_letters_paper.yaml
@@ -69,17 +71,7 @@ fi
 
 # The report: reads finished runs only, trains nothing (--report-only before the cfg options,
 # which argparse reads to the end of the line).
-if compgen -G "$GRID/*/seed*/result.json" > /dev/null; then
-  $PY tools/ablate.py --report-only "${COMMON[@]}" --only "${ALL[@]}" --seeds 0 1 \
-    --output "$GRID" "${OPTS[@]}"
-  FIG4=()
-  if [ -f "$GRID/fl_g2_a0.25/seed0/model_final.pth" ]; then
-    $PY tools/loss_distribution.py --config-file "$CFG" \
-      --weights "$GRID/fl_g2_a0.25/seed0/model_final.pth" --output "$V2/loss_distribution"
-    FIG4=(--figure4 "$V2/loss_distribution/loss_distribution.json")
-  fi
-  $PY tools/paper_verdict.py --faithful "$GRID" "${FIG4[@]}" --output "$V2/verdict"
-fi
+paper_grid_report "$GRID" "$V2" "${OPTS[@]}"
 if compgen -G "$V2/grid_3000/*/seed*/result.json" > /dev/null; then
   $PY tools/ablate.py --report-only --seeds 0 1 "${LONG[@]}" "${OPTS[@]}"
 fi

@@ -7,6 +7,8 @@
 #   REPORT_ONLY=1 bash tools/reproduce_paper_common_lr.sh    # the report only, nothing trained
 # Every step resumes (ablate.py): finished runs are never repeated.
 set -euo pipefail
+# shellcheck source=tools/paper_grid_report.sh
+source "$(dirname "$0")/paper_grid_report.sh"
 PY=${PYTHON:-python}
 OUT=${OUT:-output}
 CFG=configs/builtin/retinanet_R18_letters_paper.yaml
@@ -63,17 +65,7 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
   fi
 fi
 
-if compgen -G "$V3/grid/*/seed*/result.json" > /dev/null; then
-  $PY tools/ablate.py --report-only "${COMMON[@]}" --only "${ALL[@]}" --seeds 0 1 \
-    --output "$V3/grid" "${OPTS[@]}" "${BF16[@]}"
-  FIG4=()
-  if [ -f "$V3/grid/fl_g2_a0.25/seed0/model_final.pth" ]; then
-    $PY tools/loss_distribution.py --config-file "$CFG" \
-      --weights "$V3/grid/fl_g2_a0.25/seed0/model_final.pth" --output "$V3/loss_distribution"
-    FIG4=(--figure4 "$V3/loss_distribution/loss_distribution.json")
-  fi
-  $PY tools/paper_verdict.py --faithful "$V3/grid" "${FIG4[@]}" --output "$V3/verdict"
-fi
+paper_grid_report "$V3/grid" "$V3" "${OPTS[@]}" "${BF16[@]}"
 if compgen -G "$V3/fp32/*/seed*/result.json" > /dev/null; then
   $PY tools/ablate.py --report-only "${COMMON[@]}" --only fl_g2_a0.25 ce_a0.25 ce_a0.50 ce_a0.75 \
     --seeds 0 1 --output "$V3/fp32" "${OPTS[@]}"
