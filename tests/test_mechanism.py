@@ -104,3 +104,5 @@ def test_report_from_fake_runs(tmp_path):
     assert s["fl_boundary"] == {"lr": BASE_LR, "kind": "boundary"}
     text = (tmp_path / "out" / "mechanism.md").read_text()
     assert "NaN at 12" in text and "finite (1.0 AP)" in text
+    assert s["common_lr"] is None  # no α .25 / .5 runs
+    assert "α 0.25: none in the ladder" in text and "common LR: -" in text

@@ -100,6 +100,10 @@ def markdown(s: Dict) -> str:
                                                       "range_test"))
         lines.append(f"| {name} | {mtxt} | {_g(p['bound_init'])} | {_g(p['bound_min_along'])}"
                      f" | {_g(p['range_test'])} | {rule} |")
+    cb = s.get("ce_boundaries") or {}
+    lines += ["", "α-CE boundaries (both seeds finite to 500): " + ", ".join(
+        f"α {a}: {_g(b['lr']) if b else 'none in the ladder'}" for a, b in cb.items())
+        + f"; Section 7.2's common LR: {_g(s.get('common_lr'))}"]
     if s["init"]:
         lines += ["", "| loss (init) | λmax total | cls | box | backbone | fpn | cls_subnet | "
                   "box_subnet |", "|---|---|---|---|---|---|---|---|"]
