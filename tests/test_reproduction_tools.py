@@ -77,6 +77,10 @@ def test_ablate_records_divergence_and_goes_on(coco, tmp_path):
 def test_ablate_rejects_bad_arguments(coco, tmp_path):
     with pytest.raises(SystemExit, match="not in grid"):
         ablate.main(["--only", "nope", "--output", str(tmp_path)])
+    # the trap of a list flag: overrides after --only are read as run names, and the error says so
+    with pytest.raises(SystemExit, match="put --only before the other flags"):
+        ablate.main(["--output", str(tmp_path), "--only", "fl_g2_a0.25",
+                     "SOLVER.CHECKPOINT_PERIOD", "500"])
     with pytest.raises(ValueError, match="not a built-in grid"):
         ablate.main(["--grid", "missing.json", "--output", str(tmp_path)])
 

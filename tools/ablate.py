@@ -74,7 +74,10 @@ def main(argv=None) -> List[dict]:
     if args.only:
         unknown = sorted(set(args.only) - {e.name for e in grid})
         if unknown:
-            raise SystemExit(f"--only {unknown}: not in grid {[e.name for e in grid]}")
+            hint = ("; config overrides written after --only are read as run names: put "
+                    "--only before the other flags and the overrides last"
+                    if any("." in u and u.split(".")[0].isupper() for u in unknown) else "")
+            raise SystemExit(f"--only {unknown}: not in grid {[e.name for e in grid]}{hint}")
         grid = [e for e in grid if e.name in args.only]
     args.config_file = os.path.abspath(args.config_file)
     args.output = os.path.abspath(args.output)
