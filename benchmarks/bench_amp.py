@@ -98,8 +98,7 @@ def op_counts(models, batch, infer):
     """Per training step and per inference call with sparse scores, as bench_model counts."""
     from focal_det.utils.op_count import count_ops
 
-    set_scores(list(models.values()), infer[0]["image"], "sparse")
-    res = {}
+    res = {}  # the scores are _models' (sparse), drawn once from a fixed seed
     for name, model in models.items():
         # The inference count runs on the weights set_scores gave (restored after the two
         # training steps), so how many scores pass the threshold, and with it the count, does
