@@ -9,6 +9,7 @@ here, so a new command reads like the others and a fix lands everywhere at once.
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from typing import Callable, List, Optional, Sequence, Union
@@ -19,7 +20,7 @@ from .utils.files import atomic_write_text
 
 __all__ = ["add_config_args", "add_register_coco", "add_output", "is_lazy_config",
            "check_config_file", "load_config", "load_run_config", "load_yaml_config",
-           "regenerate_command",
+           "regenerate_command", "parse_args",
            "write_report", "run_tool", "ConfigFileError", "YAML_ONLY", "register_coco_datasets"]
 
 
@@ -43,6 +44,27 @@ def add_config_args(parser: argparse.ArgumentParser, *, repeatable: bool = False
         parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help=help_)
     else:
         parser.add_argument("opts", default=[], nargs=argparse.REMAINDER, help=help_)
+
+
+_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+    """``parser.parse_args(argv)`` for a parser whose positional ``opts`` take ``.yaml``
+    overrides (``KEY VALUE ...`` at the end): the overrides start at the first token that is a
+    config key (``SOLVER.BASE_LR``: a section of the config, then upper-case names after dots), so a list flag written
+    just before them (``--seeds 0 1 SOLVER.BASE_LR 0.01``) ends there instead of swallowing them
+    (and failing, or, for a list of names, reading the keys as names)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from .config import get_cfg
+
+    sections = {k for k, v in get_cfg().items() if isinstance(v, dict)}
+    cut = next((i for i, a in enumerate(argv) if _CONFIG_KEY.fullmatch(a)
+                and a.split(".", 1)[0] in sections), len(argv))
+    args = parser.parse_args(argv[:cut])
+    if cut < len(argv):
+        args.opts = list(args.opts or []) + argv[cut:]
+    return args
 
 
 def add_register_coco(parser: argparse.ArgumentParser) -> None:

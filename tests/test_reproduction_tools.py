@@ -74,13 +74,15 @@ def test_ablate_records_divergence_and_goes_on(coco, tmp_path):
     assert "seed 0" in (out / "ablation.md").read_text()  # the diverged column names the seed
 
 
-def test_ablate_rejects_bad_arguments(coco, tmp_path):
+def test_ablate_rejects_bad_arguments(coco, tmp_path, capsys):
     with pytest.raises(SystemExit, match="not in grid"):
         ablate.main(["--only", "nope", "--output", str(tmp_path)])
-    # the trap of a list flag: overrides after --only are read as run names, and the error says so
-    with pytest.raises(SystemExit, match="put --only before the other flags"):
-        ablate.main(["--output", str(tmp_path), "--only", "fl_g2_a0.25",
-                     "SOLVER.CHECKPOINT_PERIOD", "500"])
+    # a list flag just before the overrides ends at the first config key: it neither reads the
+    # keys as run names (--only) nor fails on them (--seeds)
+    runs = ablate.main(["--output", str(tmp_path), "--dry-run", "--only", "fl_g2_a0.25",
+                        "--seeds", "3", "SOLVER.CHECKPOINT_PERIOD", "500"])
+    assert [(r["name"], r["seed"]) for r in runs] == [("fl_g2_a0.25", 3)]
+    assert "SOLVER.CHECKPOINT_PERIOD 500" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not a built-in grid"):
         ablate.main(["--grid", "missing.json", "--output", str(tmp_path)])
 

@@ -64,7 +64,7 @@ def get_parser():
 
 
 def main(argv=None) -> List[dict]:
-    args = get_parser().parse_args(argv)
+    args = cli.parse_args(get_parser(), argv)
     if args.iters < 1:
         raise SystemExit(f"--iters must be >= 1, got {args.iters}")
     if len(args.opts) % 2:
@@ -74,10 +74,7 @@ def main(argv=None) -> List[dict]:
     if args.only:
         unknown = sorted(set(args.only) - {e.name for e in grid})
         if unknown:
-            hint = ("; config overrides written after --only are read as run names: put "
-                    "--only before the other flags and the overrides last"
-                    if any("." in u and u.split(".")[0].isupper() for u in unknown) else "")
-            raise SystemExit(f"--only {unknown}: not in grid {[e.name for e in grid]}{hint}")
+            raise SystemExit(f"--only {unknown}: not in grid {[e.name for e in grid]}")
         grid = [e for e in grid if e.name in args.only]
     args.config_file = os.path.abspath(args.config_file)
     args.output = os.path.abspath(args.output)

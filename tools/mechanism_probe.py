@@ -49,7 +49,7 @@ def main(argv=None):
     p.add_argument("--points", type=int, nargs="+", default=[0, 5, 10, 15, 20])
     p.add_argument("--seed", type=int, default=0, help="SEED of the trajectory's run")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[])
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
     os.makedirs(args.output, exist_ok=True)
     from focal_det.data import prepare_datasets
     from focal_det.engine.trainer import Trainer

@@ -29,7 +29,7 @@ def main(argv=None):
     p.add_argument("--parallel", action="store_true",
                    help="each entry's seeds side by side (one process each; set OMP_NUM_THREADS)")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[])
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
     cli.check_config_file(args.config_file, lazy=False)
     args.config_file, args.output = os.path.abspath(args.config_file), os.path.abspath(args.output)
     args.eval_points, args.warmup, args.register_coco, args.keep_checkpoints = 1, "config", None, False
