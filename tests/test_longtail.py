@@ -248,6 +248,9 @@ def test_efl_config_trains_and_records_g_per_class(tiny, tmp_path):
     chart.main(["--lines", str(tmp_path / "efl"), "--dataset", names[0],
                 "--output", str(tmp_path / "g.png")])
     assert os.path.getsize(tmp_path / "g.png") > 10_000
+    (summary,) = json.loads((tmp_path / "g.json").read_text())["runs"].values()  # the numbers
+    assert summary["iteration"] == 3 and -1 <= summary["spearman"] <= 1
+    assert "| Spearman" in (tmp_path / "g.md").read_text()
 
 
 def test_the_longtail_grid_is_fl_and_efl_with_and_without_rfs():

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The chart of Equalized Focal Loss's g_j against each class's training image count
 (docs/REPRODUCTION.md, Section 8): g_j over training for the runs named by --lines, one line per
-class coloured by its image count, and g_j at the end against the image count for every run.
+class coloured by its image count, and g_j at the end against the image count for every run;
+beside the PNG, the same in numbers (<name>.md / .json: focal_det.analysis.efl_g).
 
     python tools/g_chart.py --lines output/longtail/efl_s4/seed0 output/longtail/efl_s4_rfs/seed0 \\
         --points output/longtail/efl_s4*/seed* --output output/longtail/g_chart.png
@@ -14,6 +15,7 @@ import argparse
 import os
 
 from focal_det import cli
+from focal_det.analysis import efl_g
 from focal_det.engine.class_stats import read_class_stats
 from focal_det.errors import FocalDetError
 
@@ -56,9 +58,19 @@ def main(argv=None):
                              {label(r): runs[r] for r in (args.points or args.lines)},
                              counts, groups, key=args.key,
                              title=cli.regenerate_command("tools/g_chart.py", argv))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(folder, exist_ok=True)
     fig.savefig(args.output, dpi=90, bbox_inches="tight")
-    print(f"[g_chart] {args.output}")
+    # the same runs in numbers: each group's g_j, r < c < f, Spearman's ρ with the image count
+    command = cli.regenerate_command("tools/g_chart.py", argv)
+    summaries = {label(r): efl_g.g_summary(runs[r], counts, groups, key=args.key)
+                 for r in (args.points or args.lines)}
+    table = efl_g.markdown(summaries)
+    stem = os.path.splitext(os.path.basename(args.output))[0]
+    cli.write_report(folder, stem, {"command": command, "key": args.key, "dataset": args.dataset,
+                                    "runs": summaries},
+                     "EFL's g_j against each class's training images", command, table)
+    print(table + f"[g_chart] {args.output}, {os.path.join(folder, stem)}.{{md,json}}")
     return args.output
 
 

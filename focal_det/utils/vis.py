@@ -1,6 +1,7 @@
 """Pictures of a run: training curves from metrics.json, predictions next to ground truth."""
 import logging
 import os
+import textwrap
 from typing import List
 
 import numpy as np
@@ -135,6 +136,7 @@ def class_stats_figure(line_runs, point_runs, image_counts, frequencies, key="po
     sm = plt.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.LogNorm(
         vmin=max(counts.min(), 1), vmax=counts.max()))
     fig.colorbar(sm, ax=list(axes[0][:-1]) or None, label="training images of the class")
-    if title:
-        fig.suptitle(title)
+    if title:  # wrapped: a title wider than the panels would widen the saved (tight) figure
+        fig.suptitle("\n".join(textwrap.wrap(title, int(13 * fig.get_figwidth()))), fontsize=9,
+                     y=1.0, va="bottom")  # above the panels' titles, however many lines
     return fig
