@@ -86,3 +86,39 @@ def test_amp_training_step_is_finite():
         scaler.scale(total).backward()
         scaler.step(opt)
         scaler.update()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_triton_per_class_kernel_on_cuda_equals_float64_definition(dtype):
+    """Equalized Focal Loss's kernel (a focusing parameter and a weight per class) compiled on
+    CUDA: loss, gradient and the per-class gradient sums it collects in an fp32 buffer, as the
+    loss's own ``_forward_sums``, against the float64 definition (tests/test_efl_kernels.py runs
+    the same under the interpreter on the CPU)."""
+    import torch.nn.functional as F
+
+    from focal_det.kernels import fused_loss
+    from tests import test_efl_kernels as E
+
+    k, rows = 1203, 64
+    spec = E._spec(k, seed=k)
+    g = torch.Generator().manual_seed(k + 1)
+    x = (torch.randn(rows, k, generator=g) * 4 - 1).to(dtype)
+    labels = E._labels(rows, k, seed=k)
+    t = F.one_hot(labels.clamp_min(0), k + 1)[:, :k]
+    ref_per, ref_grad = E._float64_definition(spec, x, t, (labels >= 0).double())
+    xc = x.cuda().requires_grad_()
+    stats = torch.zeros(2, k, device="cuda")
+    assert select_backend(xc.device) == "triton"
+    value = fused_loss(xc, spec, "sum", labels=labels.cuda(), stats_out=stats)
+    value.backward()
+    r_loss, r_grad, _ = E.RTOL[dtype]
+    tol = max(r_loss, 1e-5)  # fp32 accumulation on the GPU
+    torch.testing.assert_close(value.double().cpu(), ref_per.sum(), rtol=tol, atol=1e-9)
+    grad = xc.grad.double().cpu()
+    torch.testing.assert_close(grad, ref_grad, rtol=max(r_grad, 2e-5),
+                               atol=1e-9 + max(r_grad, 2e-5) * ref_grad.abs().max().item())
+    mag, pos = ref_grad.abs(), t.bool()
+    r = max(r_grad, 1e-4)
+    for row, want in ((0, (mag * pos).sum(0)), (1, (mag * ~pos).sum(0))):
+        torch.testing.assert_close(stats[row].double().cpu(), want, rtol=r,
+                                   atol=1e-9 + r * mag.max().item())
