@@ -52,9 +52,10 @@ _CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+")
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
     """``parser.parse_args(argv)`` for a parser whose positional ``opts`` take ``.yaml``
     overrides (``KEY VALUE ...`` at the end): the overrides start at the first token that is a
-    config key (``SOLVER.BASE_LR``: a section of the config, then upper-case names after dots), so a list flag written
-    just before them (``--seeds 0 1 SOLVER.BASE_LR 0.01``) ends there instead of swallowing them
-    (and failing, or, for a list of names, reading the keys as names)."""
+    config key (``SOLVER.BASE_LR``: a section of the config, then upper-case names after dots),
+    so a list flag written just before them (``--seeds 0 1 SOLVER.BASE_LR 0.01``) ends there
+    instead of swallowing them (and failing, or, for a list of names, reading the keys as
+    names)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from .config import get_cfg
 
