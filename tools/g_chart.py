@@ -54,17 +54,17 @@ def main(argv=None):
 
     from focal_det.utils.vis import class_stats_figure
 
+    command = cli.regenerate_command("tools/g_chart.py", argv)
+    points = args.points or args.lines
     fig = class_stats_figure({label(r): runs[r] for r in args.lines},
-                             {label(r): runs[r] for r in (args.points or args.lines)},
-                             counts, groups, key=args.key,
-                             title=cli.regenerate_command("tools/g_chart.py", argv))
+                             {label(r): runs[r] for r in points},
+                             counts, groups, key=args.key, title=command)
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)
     fig.savefig(args.output, dpi=90, bbox_inches="tight")
     # the same runs in numbers: each group's g_j, r < c < f, Spearman's ρ with the image count
-    command = cli.regenerate_command("tools/g_chart.py", argv)
     summaries = {label(r): efl_g.g_summary(runs[r], counts, groups, key=args.key)
-                 for r in (args.points or args.lines)}
+                 for r in points}
     table = efl_g.markdown(summaries)
     stem = os.path.splitext(os.path.basename(args.output))[0]
     cli.write_report(folder, stem, {"command": command, "key": args.key, "dataset": args.dataset,
